@@ -1,0 +1,42 @@
+"""Highway layers over the concatenated char-CNN filters."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+
+class Highway(tf.Module):
+    """`n_highway` highway layers in the TF (bilm-tf) weight layout.
+
+    Each layer: g = sigmoid(x W_carry + b_carry); y = g * relu(x W_transform + b_transform)
+    + (1 - g) * x. The transform is always ReLU, whatever `char_cnn.activation` says.
+    (AllenNLP stores the negated carry weights and gates the other branch; the weight
+    files hold the TF form, which is the one used here.)
+
+    Args:
+        n_layers: int. Number of highway layers (0 makes this the identity).
+        weights: mapping with `CNN_high_k/{W,b}_{carry,transform}` arrays.
+        trainable: bool.
+    """
+
+    def __init__(self, n_layers: int, weights: Mapping[str, np.ndarray],
+                 trainable: bool = False, name: str = "highway"):
+        super().__init__(name=name)
+        self.layers = []
+        for k in range(n_layers):
+            self.layers.append({
+                part: tf.Variable(weights[f"CNN_high_{k}/{part}"], trainable=trainable,
+                                  name=f"highway_{k}/{part}")
+                for part in ("W_carry", "b_carry", "W_transform", "b_transform")
+            })
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """x float32 [N, F] -> [N, F]."""
+        for layer in self.layers:
+            gate = tf.sigmoid(tf.matmul(x, layer["W_carry"]) + layer["b_carry"])
+            transform = tf.nn.relu(tf.matmul(x, layer["W_transform"]) + layer["b_transform"])
+            x = gate * transform + (1.0 - gate) * x
+        return x

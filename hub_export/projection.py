@@ -1,0 +1,30 @@
+"""Projection of the highway output to the LSTM input width P."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+
+class Projection(tf.Module):
+    """y = x W_proj + b_proj, or the identity when the weight file has no `CNN_proj`.
+
+    bilm-tf creates no projection when the char-CNN filters already add up to P
+    (`BiLMOptions.has_projection`); then the highway output is the token representation.
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray] | None, trainable: bool = False,
+                 name: str = "projection"):
+        super().__init__(name=name)
+        self.kernel = self.bias = None
+        if weights is not None:
+            self.kernel = tf.Variable(weights["CNN_proj/W_proj"], trainable=trainable, name="kernel")
+            self.bias = tf.Variable(weights["CNN_proj/b_proj"], trainable=trainable, name="bias")
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        """x float32 [N, F] -> [N, P]."""
+        if self.kernel is None:
+            return x
+        return tf.matmul(x, self.kernel) + self.bias

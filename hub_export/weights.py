@@ -1,0 +1,163 @@
+"""weights.hdf5: one table of every dataset, read once and shape-checked.
+
+The dataset names are those of bilm-tf's `dump_weights` (and of every published ELMo
+weight file). `weight_specs` lists, for given options, each dataset, the shape the options
+imply and the variable it fills; `read_weights` reads exactly those datasets, each once,
+and refuses a file with missing, extra, misshapen or non-finite ones. The layout
+conventions (padding row, forget bias, conv kernel rank) are applied where the variables
+are made, in the model part that owns them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+import h5py
+import numpy as np
+
+from hub_export.errors import WeightsError
+from hub_export.options import BiLMOptions
+
+LSTM_PREFIX = "RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+DIRECTIONS = ("forward", "backward")  # RNN_0 is the forward stack, RNN_1 the backward one
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """One dataset of the weight file.
+
+    Args:
+        name: str. Dataset path inside the hdf5 file.
+        shape: tuple of int. The shape the options imply.
+        fills: str. The hub_export variable this dataset becomes.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    fills: str
+
+
+def weight_specs(options: BiLMOptions) -> list[WeightSpec]:
+    """Every dataset a weight file for `options` must hold, and nothing else."""
+    cnn, lstm = options.char_cnn, options.lstm
+    F, P, D = cnn.n_filters, lstm.projection_dim, lstm.dim
+    specs = [
+        # One row fewer than n_characters: id 0 (padding) gets a zero row at load.
+        WeightSpec("char_embed", (cnn.n_characters - 1, cnn.embedding_dim), "char_cnn/char_embed"),
+    ]
+    for i, (width, channels) in enumerate(cnn.filters):
+        specs += [
+            WeightSpec(f"CNN/W_cnn_{i}", (1, width, cnn.embedding_dim, channels),
+                       f"char_cnn/conv_{i}/kernel"),
+            WeightSpec(f"CNN/b_cnn_{i}", (channels,), f"char_cnn/conv_{i}/bias"),
+        ]
+    for k in range(cnn.n_highway):
+        for part in ("carry", "transform"):
+            specs += [
+                WeightSpec(f"CNN_high_{k}/W_{part}", (F, F), f"highway_{k}/{part}_kernel"),
+                WeightSpec(f"CNN_high_{k}/b_{part}", (F,), f"highway_{k}/{part}_bias"),
+            ]
+    if options.has_projection:
+        specs += [
+            WeightSpec("CNN_proj/W_proj", (F, P), "projection/kernel"),
+            WeightSpec("CNN_proj/b_proj", (P,), "projection/bias"),
+        ]
+    for d, direction in enumerate(DIRECTIONS):
+        for layer in range(lstm.n_layers):
+            prefix = LSTM_PREFIX.format(direction=d, layer=layer)
+            target = f"lstm_{layer}/{direction}"
+            # Every layer reads P wide inputs: the token representation or the layer below.
+            specs += [
+                WeightSpec(f"{prefix}/W_0", (P + P, 4 * D), f"{target}/kernel"),
+                WeightSpec(f"{prefix}/B", (4 * D,), f"{target}/bias"),
+                WeightSpec(f"{prefix}/W_P_0", (D, P), f"{target}/projection"),
+            ]
+    return specs
+
+
+def _list_datasets(f: h5py.File) -> list[str]:
+    names = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.ndarray]:
+    """Reads every dataset of `weight_specs(options)` from an hdf5 file, once.
+
+    Returns:
+        dict from dataset name to a float32 array of the spec's shape.
+
+    Raises:
+        WeightsError: naming the file and the dataset, with expected and found shapes.
+    """
+    path = os.fspath(path)
+    specs = weight_specs(options)
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: weight file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file (truncated or another format?): {e}") from None
+    with f:
+        try:
+            present = set(_list_datasets(f))
+        except (OSError, RuntimeError) as e:
+            raise WeightsError(f"{path}: cannot list the datasets (truncated file?): {e}") from None
+        expected = {s.name for s in specs}
+        missing = [s for s in specs if s.name not in present]
+        extra = sorted(present - expected)
+        if missing or extra:
+            lines = [f"{path}: the datasets do not match the options"]
+            lines += [f"  missing dataset {s.name}, expected shape {s.shape}" for s in missing]
+            lines += [f"  unexpected dataset {n}, shape {f[n].shape}" for n in extra]
+            raise WeightsError("\n".join(lines))
+        arrays = {}
+        for spec in specs:
+            ds = f[spec.name]
+            if tuple(ds.shape) != spec.shape:
+                raise WeightsError(
+                    f"{path}: dataset {spec.name} has shape {tuple(ds.shape)}, expected "
+                    f"{spec.shape} (from the options; it fills {spec.fills})")
+            if ds.dtype.kind != "f":
+                raise WeightsError(f"{path}: dataset {spec.name} has dtype {ds.dtype}, expected a float type")
+            try:
+                value = np.asarray(ds[()], dtype=np.float32)
+            except (OSError, RuntimeError, ValueError) as e:
+                raise WeightsError(f"{path}: cannot read dataset {spec.name} (truncated file?): {e}") from None
+            bad = np.size(value) - np.count_nonzero(np.isfinite(value))
+            if bad:
+                raise WeightsError(f"{path}: dataset {spec.name} has {bad} non-finite values (NaN or Inf)")
+            arrays[spec.name] = value
+    return arrays
+
+
+def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes arrays to an hdf5 file in the bilm-tf layout (dataset names as in the specs)."""
+    with h5py.File(os.fspath(path), "w") as f:
+        for name, value in arrays.items():
+            f.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+
+
+def random_weights(options: BiLMOptions, seed: int) -> dict[str, np.ndarray]:
+    """Seeded random weights of the right shapes, scaled so activations stay in range.
+
+    Used for the built-in untrained model, for tests of other architectures and for
+    benchmarks; the numbers mean nothing, but every run with the same seed gives the
+    same bytes.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in weight_specs(options):
+        leaf = spec.name.rsplit("/", 1)[-1]
+        if leaf.startswith("b_") or leaf == "B":
+            value = rng.uniform(-0.1, 0.1, spec.shape)
+        elif leaf == "char_embed":
+            value = rng.uniform(-1.0, 1.0, spec.shape)
+        else:
+            fan_in = int(np.prod(spec.shape[:-1]))
+            limit = np.sqrt(3.0 / fan_in)  # unit variance out for unit variance in
+            value = rng.uniform(-limit, limit, spec.shape)
+        arrays[spec.name] = value.astype(np.float32)
+    return arrays
