@@ -179,8 +179,23 @@ class _Reader:
         return float(value) if value > 0 else None
 
 
+# JSON names of the Python types json.loads makes, for messages about options.json.
+_JSON_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string",
+                    list: "list", tuple: "list", dict: "object", type(None): "null"}
+
+
 def _show(value: Any) -> str:
-    return f"{type(value).__name__} {json.dumps(value)[:60]}"
+    """`value` as a user of options.json would name it: its JSON type and its text."""
+    kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    if value is None:
+        return kind
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # parse_options was given a non-JSON Python object
+        text = str(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"
 
 
 def parse_options(raw: Any, source: str = "options") -> BiLMOptions:
@@ -202,7 +217,8 @@ def parse_options(raw: Any, source: str = "options") -> BiLMOptions:
             continue
         value = top[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            names = [_JSON_TYPE_NAMES[t] for t in types if not (t is int and float in types)]
+            allowed = " or ".join(names)
             raise r.fail(key, f"expected {allowed}, got {_show(value)}")
         training.append((key, value))
     if dict(training).get("bidirectional") is False:

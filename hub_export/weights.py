@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Mapping
 
 import h5py
@@ -77,6 +78,24 @@ def weight_specs(options: BiLMOptions) -> list[WeightSpec]:
     return specs
 
 
+def _open_failure(path: str, error: OSError) -> str:
+    """A message for a file h5py cannot open, without HDF5's internal wording."""
+    if os.path.isdir(path):
+        return f"{path}: is a folder, expected an HDF5 weight file"
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError:
+        is_hdf5 = False
+    if not is_hdf5:
+        return f"{path}: not an HDF5 file (no HDF5 signature found); expected a bilm-tf weight file"
+    # HDF5 says e.g. "truncated file: eof = 34712, sblock->base_addr = 0, stored_eof = 69424".
+    found = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(error))
+    if found:
+        return (f"{path}: HDF5 file is truncated: it has {found.group(1)} bytes, its header "
+                f"says {found.group(2)} (an incomplete download or copy?)")
+    return f"{path}: HDF5 file cannot be opened; it may be damaged ({error})"
+
+
 def _list_datasets(f: h5py.File) -> list[str]:
     names = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
@@ -99,7 +118,7 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise WeightsError(f"{path}: not a readable HDF5 file (truncated or another format?): {e}") from None
+        raise WeightsError(_open_failure(path, e)) from None
     with f:
         try:
             present = set(_list_datasets(f))
@@ -112,6 +131,10 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
             lines = [f"{path}: the datasets do not match the options"]
             lines += [f"  missing dataset {s.name}, expected shape {s.shape}" for s in missing]
             lines += [f"  unexpected dataset {n}, shape {f[n].shape}" for n in extra]
+            if not options.has_projection and any(n.startswith("CNN_proj/") for n in extra):
+                lines.append(
+                    f"  (the filters give {options.char_cnn.n_filters} channels, equal to "
+                    "lstm.projection_dim, so these options have no CNN_proj)")
             raise WeightsError("\n".join(lines))
         arrays = {}
         for spec in specs:
@@ -126,9 +149,14 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
                 value = np.asarray(ds[()], dtype=np.float32)
             except (OSError, RuntimeError, ValueError) as e:
                 raise WeightsError(f"{path}: cannot read dataset {spec.name} (truncated file?): {e}") from None
-            bad = np.size(value) - np.count_nonzero(np.isfinite(value))
-            if bad:
-                raise WeightsError(f"{path}: dataset {spec.name} has {bad} non-finite values (NaN or Inf)")
+            finite = np.isfinite(value)
+            if not finite.all():
+                n_nan = int(np.count_nonzero(np.isnan(value)))
+                n_inf = int(value.size - np.count_nonzero(finite)) - n_nan
+                first = tuple(int(i) for i in np.argwhere(~finite)[0])
+                raise WeightsError(
+                    f"{path}: dataset {spec.name} has non-finite values ({n_nan} NaN, "
+                    f"{n_inf} Inf; the first at index {list(first)}); expected finite weights")
             arrays[spec.name] = value
     return arrays
 

@@ -85,3 +85,9 @@ def write_model(directory: Path, raw_options: dict, seed: int = 0) -> tuple[Path
 def small_model(tmp_path) -> tuple[Path, Path]:
     """(options.json, weights.hdf5) of SMALL_OPTIONS with seeded random weights."""
     return write_model(tmp_path / "small", copy.deepcopy(SMALL_OPTIONS))
+
+
+@pytest.fixture(scope="session")
+def full_size_model(tmp_path_factory) -> tuple[Path, Path]:
+    """The original ELMo architecture with seeded random weights (about 374 MB on disk)."""
+    return write_model(tmp_path_factory.mktemp("full_size"), copy.deepcopy(FULL_SIZE_OPTIONS))

@@ -1,0 +1,127 @@
+"""Export an ELMo biLM as a versioned TF-Hub-style SavedModel.
+
+Usage:
+    python -m hub_export --version 3
+        the built-in default model (untrained, seeded) -> exported/elmo/3/
+    python -m hub_export --version 1 --options options.json --weights weights.hdf5 \
+        --name elmo_en --archive
+        your model -> exported/elmo_en/1/ and exported/elmo_en-1.tar.gz
+
+Errors in what you give are printed as one message naming the file, key, flag or
+value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_integer("version", None, "Version number: the export goes to "
+                     "<output_dir>/<name>/<version>/. A positive integer.", lower_bound=1)
+flags.DEFINE_string("options", None, "The biLM's options.json (bilm-tf / AllenNLP layout). "
+                    "With --weights; leave both out to export the built-in default model.")
+flags.DEFINE_string("weights", None, "The biLM's weights.hdf5. With --options.")
+flags.DEFINE_string("output_dir", "exported", "Root directory of the exports.")
+flags.DEFINE_string("name", "elmo", "The model's directory name under --output_dir.")
+flags.DEFINE_bool("archive", False, "Also write <output_dir>/<name>-<version>.tar.gz "
+                  "(TF Hub's compressed format).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing version (and archive).")
+flags.DEFINE_enum("trainable", "mix", ["mix", "all"], "What fine-tuning may change: 'mix' "
+                  "(the layer-mix weights and scale: four scalars for two LSTM layers) or "
+                  "'all' (every biLM variable too, TF Hub version 1's behaviour).")
+flags.DEFINE_bool("layer_norm", False, "Normalise each layer over a sentence's tokens "
+                  "before mixing (weight_layers' do_layer_norm).")
+flags.DEFINE_list("scalar_mix_init", None, "Initial layer-mix weights before the softmax, "
+                  "one per layer, token layer first, e.g. 0,0,1 (AllenNLP's "
+                  "scalar_mix_parameters).")
+flags.DEFINE_bool("freeze_mix", False, "Make the mix weights and scale non-trainable.")
+flags.DEFINE_float("l2_coef", 0.0, "L2 regularization coefficient on the mix weights "
+                   "(exposed as the module's regularization_losses).")
+flags.DEFINE_float("dropout", 0.0, "Dropout rate on `elmo` when called with training=True.")
+flags.DEFINE_integer("projection_dim", None, "Add a trainable projection of `elmo` and "
+                     "`default` to this width.", lower_bound=1)
+flags.DEFINE_bool("quiet", False, "No progress display on stderr.")
+
+# Flag names are also accepted with dashes (--output-dir), as the README writes them.
+_DASHED = {name.replace("_", "-"): name for name in
+           ("output_dir", "layer_norm", "scalar_mix_init", "freeze_mix", "l2_coef",
+            "projection_dim")}
+
+
+def _undash(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        for prefix in ("--no", "--"):
+            if arg.startswith(prefix):
+                body, sep, value = arg[len(prefix):].partition("=")
+                if body in _DASHED:
+                    arg = prefix + _DASHED[body] + sep + value
+                break
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.version is None:
+        raise app.UsageError("--version is required: the version number to export, e.g. --version 3")
+    if (FLAGS.options is None) != (FLAGS.weights is None):
+        raise app.UsageError("--options and --weights go together: give both, or neither "
+                             f"for the built-in default model (got --options={FLAGS.options}, "
+                             f"--weights={FLAGS.weights})")
+    # Heavy imports after flag parsing, so that --help and usage errors are instant.
+    from hub_export.elmo_module import ExportConfig
+    from hub_export.errors import HubExportError
+    from hub_export.export import export
+    from hub_export.progress import Progress
+
+    try:
+        mix_init = None
+        if FLAGS.scalar_mix_init is not None:
+            try:
+                mix_init = tuple(float(v) for v in FLAGS.scalar_mix_init)
+            except ValueError:
+                raise HubExportError(f"--scalar-mix-init: expected numbers like 0,0,1, got "
+                                     f"{','.join(FLAGS.scalar_mix_init)}") from None
+        config = ExportConfig(trainable=FLAGS.trainable, layer_norm=FLAGS.layer_norm,
+                              scalar_mix_init=mix_init, freeze_mix=FLAGS.freeze_mix,
+                              l2_coef=FLAGS.l2_coef, dropout=FLAGS.dropout,
+                              projection_dim=FLAGS.projection_dim)
+        progress = Progress(4 if FLAGS.archive else 3, stream=None if FLAGS.quiet else sys.stderr)
+        result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
+                        name=FLAGS.name, config=config, archive=FLAGS.archive,
+                        overwrite=FLAGS.overwrite, progress=progress)
+    except HubExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.path)
+    if result.archive:
+        print(result.archive)
+    return 0
+
+
+def run() -> None:
+    # Our own notes (e.g. "n_characters 261 read as 262") go to stderr; TensorFlow's
+    # INFO chatter about saving does not.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    ours = logging.getLogger("hub_export")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    app.run(main, argv=_undash(sys.argv))
+
+
+if __name__ == "__main__":
+    run()
