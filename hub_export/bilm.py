@@ -54,8 +54,12 @@ class BiLM(tf.Module):
     def token_embedding(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [B, T, C] -> float32 [B, T, P] (not masked)."""
         shape = tf.shape(char_ids)
-        flat = tf.reshape(char_ids, [-1, self.options.char_cnn.max_characters_per_token])
-        x = self.projection(self.highway(self.char_cnn(flat)))
+        C = self.options.char_cnn.max_characters_per_token
+        flat = tf.reshape(char_ids, [-1, C])
+        # Deal with a corner case: conv1d on CPU returns a wrongly shaped tensor for an
+        # empty batch, so one all-padding row always rides along and is dropped after.
+        flat = tf.concat([flat, tf.zeros([1, C], flat.dtype)], axis=0)
+        x = self.projection(self.highway(self.char_cnn(flat)))[:-1]
         return tf.reshape(x, [shape[0], shape[1], self.options.lstm.projection_dim])
 
     def __call__(self, char_ids: tf.Tensor,

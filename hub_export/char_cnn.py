@@ -27,19 +27,21 @@ class CharCNN(tf.Module):
         super().__init__(name=name)
         self.options = options
         self._activation = _ACTIVATIONS[options.activation]
-        embed = weights["char_embed"]
-        # The weight file has no row for id 0: char ids are offset by +1 so that 0 means
-        # "no token", and that padding id must embed to zeros.
-        embed = np.concatenate([np.zeros((1, embed.shape[1]), np.float32), embed])
-        self.char_embed = tf.Variable(embed, trainable=trainable, name="char_embed")
-        self.kernels, self.biases = [], []
-        for i in range(len(options.filters)):
-            # bilm-tf ran conv2d over a [1, C] "image", so its kernels are [1, w, E, n];
-            # dropping the unit height gives the conv1d layout [w, E, n].
-            kernel = weights[f"CNN/W_cnn_{i}"][0]
-            self.kernels.append(tf.Variable(kernel, trainable=trainable, name=f"conv_{i}/kernel"))
-            self.biases.append(tf.Variable(weights[f"CNN/b_cnn_{i}"], trainable=trainable,
-                                           name=f"conv_{i}/bias"))
+        # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
+        with self.name_scope:
+            embed = weights["char_embed"]
+            # The weight file has no row for id 0: char ids are offset by +1 so that 0 means
+            # "no token", and that padding id must embed to zeros.
+            embed = np.concatenate([np.zeros((1, embed.shape[1]), np.float32), embed])
+            self.char_embed = tf.Variable(embed, trainable=trainable, name="char_embed")
+            self.kernels, self.biases = [], []
+            for i in range(len(options.filters)):
+                # bilm-tf ran conv2d over a [1, C] "image", so its kernels are [1, w, E, n];
+                # dropping the unit height gives the conv1d layout [w, E, n].
+                kernel = weights[f"CNN/W_cnn_{i}"][0]
+                self.kernels.append(tf.Variable(kernel, trainable=trainable, name=f"conv_{i}/kernel"))
+                self.biases.append(tf.Variable(weights[f"CNN/b_cnn_{i}"], trainable=trainable,
+                                               name=f"conv_{i}/bias"))
 
     def __call__(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [N, C] -> float32 [N, n_filters]."""

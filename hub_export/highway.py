@@ -25,13 +25,15 @@ class Highway(tf.Module):
     def __init__(self, n_layers: int, weights: Mapping[str, np.ndarray],
                  trainable: bool = False, name: str = "highway"):
         super().__init__(name=name)
-        self.layers = []
-        for k in range(n_layers):
-            self.layers.append({
-                part: tf.Variable(weights[f"CNN_high_{k}/{part}"], trainable=trainable,
-                                  name=f"highway_{k}/{part}")
-                for part in ("W_carry", "b_carry", "W_transform", "b_transform")
-            })
+        # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
+        with self.name_scope:
+            self.layers = []
+            for k in range(n_layers):
+                self.layers.append({
+                    part: tf.Variable(weights[f"CNN_high_{k}/{part}"], trainable=trainable,
+                                      name=f"highway_{k}/{part}")
+                    for part in ("W_carry", "b_carry", "W_transform", "b_transform")
+                })
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, F]."""

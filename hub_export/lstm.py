@@ -45,25 +45,27 @@ class BiLSTM(tf.Module):
                  trainable: bool = False, name: str = "lstm"):
         super().__init__(name=name)
         self.options = options
-        D, P = options.dim, options.projection_dim
-        self.input_kernels, self.recurrent_kernels, self.biases, self.projections = [], [], [], []
-        for layer in range(options.n_layers):
-            parts = [
-                [weights[f"{LSTM_PREFIX.format(direction=d, layer=layer)}/{leaf}"] for d in (0, 1)]
-                for leaf in ("W_0", "B", "W_P_0")
-            ]
-            w0 = np.stack(parts[0])  # [2, in + P, 4D], rows [x; h]
-            input_dim = w0.shape[1] - P
-            bias = np.stack(parts[1]).copy()  # [2, 4D], blocks i, j, f, o
-            bias[:, 2 * D:3 * D] += FORGET_BIAS
-            name_ = f"lstm_{layer}"
-            self.input_kernels.append(
-                tf.Variable(w0[:, :input_dim], trainable=trainable, name=f"{name_}/input_kernel"))
-            self.recurrent_kernels.append(
-                tf.Variable(w0[:, input_dim:], trainable=trainable, name=f"{name_}/recurrent_kernel"))
-            self.biases.append(tf.Variable(bias[:, None, :], trainable=trainable, name=f"{name_}/bias"))
-            self.projections.append(
-                tf.Variable(np.stack(parts[2]), trainable=trainable, name=f"{name_}/projection"))
+        # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
+        with self.name_scope:
+            D, P = options.dim, options.projection_dim
+            self.input_kernels, self.recurrent_kernels, self.biases, self.projections = [], [], [], []
+            for layer in range(options.n_layers):
+                parts = [
+                    [weights[f"{LSTM_PREFIX.format(direction=d, layer=layer)}/{leaf}"] for d in (0, 1)]
+                    for leaf in ("W_0", "B", "W_P_0")
+                ]
+                w0 = np.stack(parts[0])  # [2, in + P, 4D], rows [x; h]
+                input_dim = w0.shape[1] - P
+                bias = np.stack(parts[1]).copy()  # [2, 4D], blocks i, j, f, o
+                bias[:, 2 * D:3 * D] += FORGET_BIAS
+                name_ = f"lstm_{layer}"
+                self.input_kernels.append(
+                    tf.Variable(w0[:, :input_dim], trainable=trainable, name=f"{name_}/input_kernel"))
+                self.recurrent_kernels.append(
+                    tf.Variable(w0[:, input_dim:], trainable=trainable, name=f"{name_}/recurrent_kernel"))
+                self.biases.append(tf.Variable(bias[:, None, :], trainable=trainable, name=f"{name_}/bias"))
+                self.projections.append(
+                    tf.Variable(np.stack(parts[2]), trainable=trainable, name=f"{name_}/projection"))
 
     def zero_state(self, batch_size: tf.Tensor) -> list[LayerState]:
         o = self.options

@@ -18,10 +18,12 @@ class Projection(tf.Module):
     def __init__(self, weights: Mapping[str, np.ndarray] | None, trainable: bool = False,
                  name: str = "projection"):
         super().__init__(name=name)
-        self.kernel = self.bias = None
-        if weights is not None:
-            self.kernel = tf.Variable(weights["CNN_proj/W_proj"], trainable=trainable, name="kernel")
-            self.bias = tf.Variable(weights["CNN_proj/b_proj"], trainable=trainable, name="bias")
+        # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
+        with self.name_scope:
+            self.kernel = self.bias = None
+            if weights is not None:
+                self.kernel = tf.Variable(weights["CNN_proj/W_proj"], trainable=trainable, name="kernel")
+                self.bias = tf.Variable(weights["CNN_proj/b_proj"], trainable=trainable, name="bias")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, P]."""

@@ -21,6 +21,10 @@ DOC = ("`tokens`: string [B, max_length] of tokens (padding after each row's tok
 
 def to_tokens(tokens: tf.Tensor, sequence_len: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Checks the inputs in-graph; a bad value fails the call with a message naming it."""
+    # A loaded signature does not check the rank of what it is fed; without this a 1-D
+    # `tokens` fails later with "slice index 1 of dimension 0 out of bounds".
+    tokens = tf.ensure_shape(tokens, [None, None], name="tokens_must_be_2d")
+    sequence_len = tf.ensure_shape(sequence_len, [None], name="sequence_len_must_be_1d")
     batch = tf.shape(tokens)[0]
     max_length = tf.shape(tokens)[1]
     n_lengths = tf.shape(sequence_len)[0]
@@ -38,4 +42,8 @@ def to_tokens(tokens: tf.Tensor, sequence_len: tf.Tensor) -> tuple[tf.Tensor, tf
              "); got sequence_len =", sequence_len], summarize=20),
     ]
     with tf.control_dependencies(checks):
+        # Forget sequence_len's static batch size: a call traced with mismatched static
+        # sizes would otherwise fail shape inference ("Dimensions must be equal") before
+        # the check above could name the inputs.
+        sequence_len = tf.raw_ops.PlaceholderWithDefault(input=sequence_len, shape=[None])
         return tf.identity(tokens), tf.identity(sequence_len)

@@ -91,3 +91,30 @@ def small_model(tmp_path) -> tuple[Path, Path]:
 def full_size_model(tmp_path_factory) -> tuple[Path, Path]:
     """The original ELMo architecture with seeded random weights (about 374 MB on disk)."""
     return write_model(tmp_path_factory.mktemp("full_size"), copy.deepcopy(FULL_SIZE_OPTIONS))
+
+
+def export_model(output_dir: Path, options_path: Path | None, weights_path: Path | None,
+                 version: int = 1, name: str = "elmo", **kwargs):
+    """Exports with hub_export.export.export, silently; returns the ExportResult."""
+    from hub_export.export import export
+
+    return export(version, options_path, weights_path, output_dir=output_dir, name=name, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    """SMALL_OPTIONS (skip connections on) exported as <tmp>/elmo/1 with the default flags.
+
+    Yields (ExportResult, options_path, weights_path). Needs nothing from ../shared.
+    """
+    folder = tmp_path_factory.mktemp("small_export")
+    options_path, weights_path = write_model(folder / "model", copy.deepcopy(SMALL_OPTIONS))
+    return export_model(folder / "exported", options_path, weights_path), options_path, weights_path
+
+
+@pytest.fixture(scope="session")
+def fixture_export(tmp_path_factory):
+    """The bilm-tf fixture model exported as <tmp>/elmo/1 (skips without ../shared)."""
+    folder = require_shared_fixture()
+    out = tmp_path_factory.mktemp("fixture_export")
+    return export_model(out, folder / "options.json", folder / "lm_weights.hdf5")

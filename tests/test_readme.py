@@ -1,0 +1,84 @@
+"""The README's commands and usage snippets, run as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub_export import default_model
+from hub_export.weights import write_weights
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+CI_RUN = Path(__file__).resolve().parents[1] / ".ci" / "run"
+
+
+def blocks(section: str, language: str) -> list[str]:
+    """The fenced `language` blocks under the `## section` heading (subsections included)."""
+    text = README.read_text()
+    match = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"README has no '## {section}' section"
+    return re.findall(rf"^```{language}\n(.*?)^```", match.group(1), re.S | re.M)
+
+
+def test_quick_start_commands():
+    setup, tests = blocks("Quick start", "bash")
+    # The first command installs the project and exports the built-in model as version 3.
+    assert "pip install -e '.[test]'" in setup
+    assert setup.strip().endswith("-m hub_export --version 3")
+    # .ci/run runs the very same test command after a fresh install.
+    assert tests.strip() in CI_RUN.read_text()
+    assert "pip install -q -e '.[test]'" in CI_RUN.read_text()
+
+
+@pytest.fixture(scope="module")
+def usage_dir(tmp_path_factory):
+    """A directory with exported/elmo/3 (the built-in model) and its options + weights."""
+    from conftest import export_model
+
+    folder = tmp_path_factory.mktemp("readme")
+    export_model(folder / "exported", None, None, version=3)
+    options, arrays, _ = default_model.default_model()
+    (folder / "options.json").write_text(json.dumps(options.to_dict()))
+    write_weights(folder / "weights.hdf5", arrays)
+    return folder
+
+
+@pytest.mark.parametrize("index", range(len(blocks("Usage", "python"))))
+def test_usage_python_snippet(usage_dir, index):
+    code = blocks("Usage", "python")[index]
+    result = subprocess.run([sys.executable, "-c", code], cwd=usage_dir, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Every `print(...)  # expected` comment in the snippet is checked against its output.
+    expected = [m.group(1).strip() for m in re.finditer(r"print\(.*\)[ \t]+# (.*)$", code, re.M)]
+    printed = result.stdout.strip().splitlines()
+    assert len(printed) == len(expected), result.stdout
+    for got, want in zip(printed, expected):
+        if want.startswith("("):
+            assert got == want
+        else:  # a list of names: each must appear
+            for name in want.split(", "):
+                assert name in got
+
+
+def test_usage_cli_commands(usage_dir):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command in blocks("Usage", "bash"):
+        argv = shlex.split(command.replace("\\\n", " "))
+        assert argv[:3] == ["python", "-m", "hub_export"]
+        result = subprocess.run([sys.executable] + argv[1:], cwd=usage_dir, capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (usage_dir / "exported" / "my_elmo" / "1" / "saved_model.pb").exists()
+    assert (usage_dir / "exported" / "my_elmo-1.tar.gz").exists()
+    manifest = json.loads((usage_dir / "exported" / "my_elmo" / "2" / "assets.extra" /
+                           "manifest.json").read_text())
+    assert manifest["export_flags"]["projection_dim"] == 128
+    assert manifest["export_flags"]["scalar_mix_init"] == [0.0, 0.0, 1.0]
