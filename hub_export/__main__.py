@@ -6,6 +6,8 @@ Usage:
     python -m hub_export --version 1 --options options.json --weights weights.hdf5 \
         --name elmo_en --archive
         your model -> exported/elmo_en/1/ and exported/elmo_en-1.tar.gz
+    python -m hub_export serving-config --base exported --name elmo --label stable=3
+        exported/models.config for TF Serving, covering the versions on disk
 
 Errors in what you give are printed as one message naming the file, key, flag or
 value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
@@ -49,30 +51,49 @@ flags.DEFINE_float("dropout", 0.0, "Dropout rate on `elmo` when called with trai
 flags.DEFINE_integer("projection_dim", None, "Add a trainable projection of `elmo` and "
                      "`default` to this width.", lower_bound=1)
 flags.DEFINE_bool("quiet", False, "No progress display on stderr.")
+flags.DEFINE_bool("warmup", True, "Write TF Serving warm-up requests into "
+                  "assets.extra/tf_serving_warmup_requests (--no-warmup: don't).")
+flags.DEFINE_string("warmup_file", None, "A UTF-8 text file of your own warm-up sentences, "
+                    "one per line.")
+
+# serving-config: python -m hub_export serving-config --base exported [--name elmo] ...
+flags.DEFINE_string("base", "exported", "serving-config: the export root holding <name>/<version>/.")
+flags.DEFINE_list("versions", None, "serving-config: serve exactly these versions, e.g. 2,3 "
+                  "(default: every version found).")
+flags.DEFINE_integer("latest", None, "serving-config: serve the newest N versions instead.",
+                     lower_bound=1)
+flags.DEFINE_multi_string("label", None, "serving-config: a version label, e.g. stable=3 "
+                          "(repeatable).")
+flags.DEFINE_string("serving_root", None, "serving-config: the path at which the server sees "
+                    "--base (e.g. /models in the tensorflow/serving container); default: "
+                    "--base's absolute path.")
 
 # Flag names are also accepted with dashes (--output-dir), as the README writes them.
 _DASHED = {name.replace("_", "-"): name for name in
            ("output_dir", "layer_norm", "scalar_mix_init", "freeze_mix", "l2_coef",
-            "projection_dim")}
+            "projection_dim", "warmup_file", "serving_root")}
+_BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "warmup")
 
 
 def _undash(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
-        for prefix in ("--no", "--"):
-            if arg.startswith(prefix):
-                body, sep, value = arg[len(prefix):].partition("=")
-                if body in _DASHED:
-                    arg = prefix + _DASHED[body] + sep + value
-                break
+        body, sep, value = arg.partition("=")
+        if body.startswith("--no-") and body[5:].replace("-", "_") in _BOOLEANS:
+            arg = "--no" + body[5:].replace("-", "_") + sep + value
+        elif body.startswith("--") and body[2:] in _DASHED:
+            arg = "--" + _DASHED[body[2:]] + sep + value
         out.append(arg)
     return out
 
 
 def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
+    if argv[1:] == ["serving-config"]:
+        return serving_config_main()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the one command "
+                             "is serving-config; an export takes flags only)")
     if FLAGS.version is None:
         raise app.UsageError("--version is required: the version number to export, e.g. --version 3")
     if (FLAGS.options is None) != (FLAGS.weights is None):
@@ -84,8 +105,10 @@ def main(argv: list[str]) -> int:
     from hub_export.errors import HubExportError
     from hub_export.export import export
     from hub_export.progress import Progress
+    from hub_export.warmup import read_sentences_file
 
     try:
+        warmup_sentences = read_sentences_file(FLAGS.warmup_file) if FLAGS.warmup_file else None
         mix_init = None
         if FLAGS.scalar_mix_init is not None:
             try:
@@ -100,13 +123,34 @@ def main(argv: list[str]) -> int:
         progress = Progress(4 if FLAGS.archive else 3, stream=None if FLAGS.quiet else sys.stderr)
         result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
                         name=FLAGS.name, config=config, archive=FLAGS.archive,
-                        overwrite=FLAGS.overwrite, progress=progress)
+                        overwrite=FLAGS.overwrite, progress=progress,
+                        warmup_sentences=warmup_sentences, write_warmup=FLAGS.warmup)
     except HubExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.path)
     if result.archive:
         print(result.archive)
+    return 0
+
+
+def serving_config_main() -> int:
+    from hub_export.errors import HubExportError
+    from hub_export.serving_config import parse_labels, write_config
+
+    try:
+        versions = None
+        if FLAGS.versions:
+            if not all(v.strip().isdigit() for v in FLAGS.versions):
+                raise HubExportError(f"--versions: expected version numbers like 2,3, got "
+                                     f"{','.join(FLAGS.versions)}")
+            versions = [int(v) for v in FLAGS.versions]
+        path = write_config(FLAGS.base, name=FLAGS.name, versions=versions, latest=FLAGS.latest,
+                            labels=parse_labels(FLAGS.label), serving_root=FLAGS.serving_root)
+    except HubExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

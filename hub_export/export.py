@@ -9,6 +9,7 @@ Layout of a version directory:
     saved_model.pb, variables/        the SavedModel (signatures: see `signatures/`)
     assets.extra/README.md           the module card
     assets.extra/manifest.json       the same facts, machine-readable
+    assets.extra/tf_serving_warmup_requests   PredictRequests TF Serving replays at load
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from hub_export import default_model, module_card
+from hub_export import default_model, module_card, warmup
 from hub_export.bilm import BiLM
 from hub_export.elmo_module import ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
@@ -34,6 +35,7 @@ from hub_export.weights import read_weights
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_PREFIX = ".tmp-"
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,8 @@ def write_archive(version_dir: Path, archive_path: Path) -> None:
 def export(version: int, options_path: str | os.PathLike | None = None,
            weights_path: str | os.PathLike | None = None, output_dir: str | os.PathLike = "exported",
            name: str = "elmo", config: ExportConfig = ExportConfig(), archive: bool = False,
-           overwrite: bool = False, progress: Progress | None = None) -> ExportResult:
+           overwrite: bool = False, progress: Progress | None = None,
+           warmup_sentences: list[str] | None = None, write_warmup: bool = True) -> ExportResult:
     """Builds the biLM from options + weights (or the built-in model) and saves it.
 
     Args:
@@ -120,6 +123,9 @@ def export(version: int, options_path: str | os.PathLike | None = None,
         archive: also write `<output_dir>/<name>-<version>.tar.gz`.
         overwrite: replace an existing version (and archive).
         progress: where to report the slow steps; None for silence.
+        warmup_sentences: sentences for TF Serving's warm-up requests; None for a few
+            built-in ones.
+        write_warmup: write `assets.extra/tf_serving_warmup_requests` at all.
 
     Returns:
         ExportResult.
@@ -167,6 +173,12 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             extra.mkdir(exist_ok=True)
             (extra / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             (extra / "README.md").write_text(module_card.render(manifest))
+            if write_warmup:
+                # TF Serving replays these right after loading, so the first real request
+                # does not pay for graph optimisation and memory allocation.
+                warmup.write_warmup_file(extra / WARMUP_FILE,
+                                         warmup_sentences or warmup.DEFAULT_SENTENCES,
+                                         model_name=name)
             if target.exists():  # only reachable with overwrite=True
                 old = parent / f"{_TMP_PREFIX}{version}-old-{os.getpid()}"
                 os.rename(target, old)

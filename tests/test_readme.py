@@ -82,3 +82,50 @@ def test_usage_cli_commands(usage_dir):
                            "manifest.json").read_text())
     assert manifest["export_flags"]["projection_dim"] == 128
     assert manifest["export_flags"]["scalar_mix_init"] == [0.0, 0.0, 1.0]
+
+
+def test_serving_rest_bodies_run_through_the_session_path(usage_dir):
+    """The README's four REST bodies, fed as TF Serving would, on the session loader."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    from hub_export.serving import parse_rest_reply, rest_body, rest_body_to_feeds
+
+    bodies = [json.loads(b) for b in blocks("Serving with TF Serving", "json")]
+    assert len(bodies) == 4
+    assert {(b["signature_name"], "instances" in b) for b in bodies} == {
+        ("default", True), ("default", False), ("tokens", True), ("tokens", False)}
+    path = str(usage_dir / "exported" / "elmo" / "3")
+    served = []
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        for body in bodies:
+            signature = meta.signature_def[body["signature_name"]]
+            feeds = rest_body_to_feeds(body, signature.inputs)
+            names = sorted(signature.outputs)
+            values = sess.run([signature.outputs[n].name for n in names],
+                              {signature.inputs[k].name: v for k, v in feeds.items()})
+            served.append((feeds, dict(zip(names, values))))
+    module = hub.load(path)
+    for body, (feeds, outputs) in zip(bodies, served):
+        expected = module.signatures[body["signature_name"]](
+            **{k: tf.constant(v) for k, v in feeds.items()})
+        assert sorted(outputs) == sorted(expected)
+        for name, value in outputs.items():
+            np.testing.assert_allclose(value, expected[name].numpy(), atol=1e-6, rtol=0,
+                                       err_msg=(body["signature_name"], name))
+        # The client helper writes the same body from plain Python input.
+        form = "instances" if "instances" in body else "inputs"
+        if body["signature_name"] == "default":
+            sentences = body.get("instances") or body["inputs"]["default"]
+            assert rest_body(sentences=sentences, form=form) == body
+        else:
+            rows = ([i["tokens"][:i["sequence_len"]] for i in body["instances"]]
+                    if form == "instances" else
+                    [t[:n] for t, n in zip(body["inputs"]["tokens"], body["inputs"]["sequence_len"])])
+            assert rest_body(tokens=rows, form=form) == body
+        # ...and reads the reply back, in the column form TF Serving answers with.
+        parsed = parse_rest_reply({"outputs": {n: v.tolist() for n, v in outputs.items()}})
+        for name, value in outputs.items():
+            np.testing.assert_array_equal(parsed[name], value)
