@@ -118,3 +118,29 @@ def fixture_export(tmp_path_factory):
     folder = require_shared_fixture()
     out = tmp_path_factory.mktemp("fixture_export")
     return export_model(out, folder / "options.json", folder / "lm_weights.hdf5")
+
+
+@pytest.fixture(scope="module")
+def small_path(small_export) -> str:
+    return str(small_export[0].path)
+
+
+@pytest.fixture(scope="module")
+def loaded(small_path):
+    """`hub.load` of the small export."""
+    import tensorflow_hub as hub
+
+    return hub.load(small_path)
+
+
+@pytest.fixture(scope="module")
+def session(small_path):
+    """(tf.compat.v1.Session, MetaGraphDef) as TF Serving loads the SavedModel."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        sess = tf.compat.v1.Session(graph=graph)
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], small_path)
+    yield sess, meta
+    sess.close()

@@ -66,15 +66,6 @@ def assert_only_mix_changed(variables, before: list[np.ndarray], mix_names: dict
     assert seen == set(mix_names)
 
 
-@pytest.fixture(scope="module")
-def small_path(small_export) -> str:
-    return str(small_export[0].path)
-
-
-@pytest.fixture(scope="module")
-def loaded(small_path):
-    return hub.load(small_path)
-
 
 @pytest.fixture(scope="module")
 def reference(loaded) -> dict:

@@ -28,25 +28,6 @@ EXTRA_SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def small_path(small_export) -> str:
-    return str(small_export[0].path)
-
-
-@pytest.fixture(scope="module")
-def loaded(small_path):
-    return hub.load(small_path)
-
-
-@pytest.fixture(scope="module")
-def session(small_path):
-    """(tf.compat.v1.Session, MetaGraphDef) as TF Serving loads the SavedModel."""
-    graph = tf.Graph()
-    with graph.as_default():
-        sess = tf.compat.v1.Session(graph=graph)
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], small_path)
-    yield sess, meta
-    sess.close()
 
 
 @pytest.fixture(scope="module")
