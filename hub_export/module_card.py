@@ -68,6 +68,7 @@ def render(m: dict) -> str:
         "do not depend on the rest of the batch.".format(o["lstm"]["n_layers"]),
         "",
         "```python",
+        "import tensorflow as tf",
         "import tensorflow_hub as hub",
         "elmo = hub.load(PATH)",
         'out = elmo.signatures["default"](default=tf.constant(["the cat sat"]))',
