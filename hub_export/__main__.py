@@ -50,6 +50,9 @@ flags.DEFINE_float("l2_coef", 0.0, "L2 regularization coefficient on the mix wei
 flags.DEFINE_float("dropout", 0.0, "Dropout rate on `elmo` when called with training=True.")
 flags.DEFINE_integer("projection_dim", None, "Add a trainable projection of `elmo` and "
                      "`default` to this width.", lower_bound=1)
+flags.DEFINE_string("vocab", None, "A vocabulary file (one token a line): the token "
+                    "representation of every word in it is precomputed into a frozen table "
+                    "inside the module; other tokens still go through the char CNN.")
 flags.DEFINE_bool("quiet", False, "No progress display on stderr.")
 flags.DEFINE_bool("warmup", True, "Write TF Serving warm-up requests into "
                   "assets.extra/tf_serving_warmup_requests (--no-warmup: don't).")
@@ -71,7 +74,7 @@ flags.DEFINE_string("serving_root", None, "serving-config: the path at which the
 # Flag names are also accepted with dashes (--output-dir), as the README writes them.
 _DASHED = {name.replace("_", "-"): name for name in
            ("output_dir", "layer_norm", "scalar_mix_init", "freeze_mix", "l2_coef",
-            "projection_dim", "warmup_file", "serving_root")}
+            "projection_dim", "warmup_file", "serving_root", "compute_dtype")}
 _BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "warmup")
 
 
@@ -124,7 +127,8 @@ def main(argv: list[str]) -> int:
         result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
                         name=FLAGS.name, config=config, archive=FLAGS.archive,
                         overwrite=FLAGS.overwrite, progress=progress,
-                        warmup_sentences=warmup_sentences, write_warmup=FLAGS.warmup)
+                        warmup_sentences=warmup_sentences, write_warmup=FLAGS.warmup,
+                        vocab_path=FLAGS.vocab)
     except HubExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from hub_export.highway import Highway
 from hub_export.lstm import BiLSTM, LayerState
 from hub_export.options import BiLMOptions, load_options
 from hub_export.projection import Projection
-from hub_export.weights import read_weights
+from hub_export.weights import WeightReader
 
 
 class BiLM(tf.Module):
@@ -27,7 +27,8 @@ class BiLM(tf.Module):
 
     Args:
         options: BiLMOptions.
-        weights: dataset name -> array, as `read_weights` returns (checked shapes).
+        weights: dataset name -> array: a `WeightReader` (each dataset is read once, as
+            its variable is made) or the dict `read_weights` returns.
         trainable: bool. Whether the biLM variables are trainable (fine-tuning all).
 
     Example:
@@ -49,7 +50,8 @@ class BiLM(tf.Module):
     def from_files(cls, options_path: str | os.PathLike, weights_path: str | os.PathLike,
                    trainable: bool = False) -> "BiLM":
         options = load_options(options_path)
-        return cls(options, read_weights(weights_path, options), trainable)
+        with WeightReader(weights_path, options) as weights:
+            return cls(options, weights, trainable)
 
     def token_embedding(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [B, T, C] -> float32 [B, T, P] (not masked)."""

@@ -31,7 +31,7 @@ from hub_export.elmo_module import ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
 from hub_export.options import load_options
 from hub_export.progress import Progress
-from hub_export.weights import read_weights
+from hub_export.weights import WeightReader
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_PREFIX = ".tmp-"
@@ -111,7 +111,8 @@ def export(version: int, options_path: str | os.PathLike | None = None,
            weights_path: str | os.PathLike | None = None, output_dir: str | os.PathLike = "exported",
            name: str = "elmo", config: ExportConfig = ExportConfig(), archive: bool = False,
            overwrite: bool = False, progress: Progress | None = None,
-           warmup_sentences: list[str] | None = None, write_warmup: bool = True) -> ExportResult:
+           warmup_sentences: list[str] | None = None, write_warmup: bool = True,
+           vocab_path: str | os.PathLike | None = None) -> ExportResult:
     """Builds the biLM from options + weights (or the built-in model) and saves it.
 
     Args:
@@ -126,6 +127,8 @@ def export(version: int, options_path: str | os.PathLike | None = None,
         warmup_sentences: sentences for TF Serving's warm-up requests; None for a few
             built-in ones.
         write_warmup: write `assets.extra/tf_serving_warmup_requests` at all.
+        vocab_path: a vocabulary file whose words' token representations are
+            precomputed into the module (the token cache); None for none.
 
     Returns:
         ExportResult.
@@ -141,22 +144,27 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     target, archive_path = _check_target(output_dir, name, version, overwrite, archive)
     progress = progress or Progress(0, stream=None)
 
-    with progress.step("reading options and weights"):
+    with progress.step("reading options and weights into the biLM"):
+        trainable = config.trainable == "all"
         if options_path is None:
             options, arrays, weights_sha = default_model.default_model()
+            config.validate(options.lstm.n_layers)
             source = {"model": default_model.NAME, "options": None, "weights": None,
                       "weights_sha256": weights_sha, "untrained": True}
+            bilm = BiLM(options, arrays, trainable=trainable)
+            del arrays
         else:
             options = load_options(options_path)
-            arrays = read_weights(weights_path, options)
+            config.validate(options.lstm.n_layers)
+            # Each dataset becomes its variable as it is read, so the export never holds
+            # a second copy of the weights (peak memory ~ one model, not two).
+            with WeightReader(weights_path, options) as reader:
+                bilm = BiLM(options, reader, trainable=trainable)
             source = {"model": str(weights_path), "options": str(options_path),
                       "weights": str(weights_path), "weights_sha256": sha256_file(weights_path),
                       "untrained": False}
-        config.validate(options.lstm.n_layers)
 
-    with progress.step("building the biLM and tracing the signatures"):
-        bilm = BiLM(options, arrays, trainable=config.trainable == "all")
-        del arrays  # the variables hold the only copy from here on
+    with progress.step("tracing the signatures"):
         module = ElmoModule(bilm, config)
         root, fns = build_saveable(module)
 

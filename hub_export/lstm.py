@@ -1,9 +1,11 @@
 """The two stacks of LSTMs with projection (forward and backward), run together.
 
-Layout. Both directions are stored stacked on a leading axis of size 2 (0 forward,
-1 backward), so that one batched matmul per time step advances both, and the input
-half of every gate pre-activation is one GEMM per layer over all time steps, outside
-the recurrence. Tensors inside are time-major: [2, T, B, ...].
+Layout. Inputs, outputs and states carry the two directions on a leading axis of size 2
+(0 forward, 1 backward); tensors are time-major: [2, T, B, ...]. One loop step advances
+both directions. The input half of every gate pre-activation is one GEMM per layer and
+direction over all time steps, outside the recurrence. Each direction keeps its own
+weight matrices and its own plain matmuls: TF's CPU BatchMatMul over a stacked
+[2, ...] batch measured 2-4x slower per step than two MatMuls (benchmarks/RESULTS.md).
 
 Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 - `W_0` is [input; h_prev] x 4D: rows [:input_dim] act on the input, the rest on h.
@@ -23,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from hub_export.options import LSTMOptions
-from hub_export.weights import LSTM_PREFIX
+from hub_export.weights import DIRECTIONS, LSTM_PREFIX
 
 FORGET_BIAS = 1.0
 
@@ -45,27 +47,30 @@ class BiLSTM(tf.Module):
                  trainable: bool = False, name: str = "lstm"):
         super().__init__(name=name)
         self.options = options
-        # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
+        D, P = options.dim, options.projection_dim
+        # cells[layer][direction] = {"input_kernel", "recurrent_kernel", "bias", "projection"}
+        self.cells = []
+        # Variable names carry the part's name (lstm/lstm_0/forward/input_kernel, ...).
         with self.name_scope:
-            D, P = options.dim, options.projection_dim
-            self.input_kernels, self.recurrent_kernels, self.biases, self.projections = [], [], [], []
             for layer in range(options.n_layers):
-                parts = [
-                    [weights[f"{LSTM_PREFIX.format(direction=d, layer=layer)}/{leaf}"] for d in (0, 1)]
-                    for leaf in ("W_0", "B", "W_P_0")
-                ]
-                w0 = np.stack(parts[0])  # [2, in + P, 4D], rows [x; h]
-                input_dim = w0.shape[1] - P
-                bias = np.stack(parts[1]).copy()  # [2, 4D], blocks i, j, f, o
-                bias[:, 2 * D:3 * D] += FORGET_BIAS
-                name_ = f"lstm_{layer}"
-                self.input_kernels.append(
-                    tf.Variable(w0[:, :input_dim], trainable=trainable, name=f"{name_}/input_kernel"))
-                self.recurrent_kernels.append(
-                    tf.Variable(w0[:, input_dim:], trainable=trainable, name=f"{name_}/recurrent_kernel"))
-                self.biases.append(tf.Variable(bias[:, None, :], trainable=trainable, name=f"{name_}/bias"))
-                self.projections.append(
-                    tf.Variable(np.stack(parts[2]), trainable=trainable, name=f"{name_}/projection"))
+                pair = []
+                for d, direction in enumerate(DIRECTIONS):
+                    prefix = LSTM_PREFIX.format(direction=d, layer=layer)
+                    w0 = weights[f"{prefix}/W_0"]  # [in + P, 4D], rows [x; h]
+                    input_dim = w0.shape[0] - P
+                    bias = weights[f"{prefix}/B"].copy()  # [4D], blocks i, j, f, o
+                    bias[2 * D:3 * D] += FORGET_BIAS
+                    scope = f"lstm_{layer}/{direction}"
+                    pair.append({
+                        "input_kernel": tf.Variable(w0[:input_dim], trainable=trainable,
+                                                    name=f"{scope}/input_kernel"),
+                        "recurrent_kernel": tf.Variable(w0[input_dim:], trainable=trainable,
+                                                        name=f"{scope}/recurrent_kernel"),
+                        "bias": tf.Variable(bias, trainable=trainable, name=f"{scope}/bias"),
+                        "projection": tf.Variable(weights[f"{prefix}/W_P_0"], trainable=trainable,
+                                                  name=f"{scope}/projection"),
+                    })
+                self.cells.append(pair)
 
     def zero_state(self, batch_size: tf.Tensor) -> list[LayerState]:
         o = self.options
@@ -109,34 +114,40 @@ class BiLSTM(tf.Module):
         steps, batch = tf.shape(x)[1], tf.shape(x)[2]
         # Read the variables into tensors here, outside the loop: a resource read inside
         # a while_loop body breaks a second gradient after save/load.
-        w_x = tf.convert_to_tensor(self.input_kernels[layer])
-        w_h = tf.convert_to_tensor(self.recurrent_kernels[layer])
-        w_p = tf.convert_to_tensor(self.projections[layer])
-        bias = tf.convert_to_tensor(self.biases[layer])
-
+        cells = [{k: tf.convert_to_tensor(v) for k, v in cell.items()} for cell in self.cells[layer]]
         # The input half of all gates for all steps: one GEMM per direction.
-        flat = tf.reshape(x, [2, -1, tf.shape(x)[3]])  # [2, T*B, in]
-        gates_x = tf.reshape(tf.matmul(flat, w_x) + bias, [2, steps, batch, 4 * o.dim])
-        mask = mask[None, :, :, None]  # [1, T, B, 1]
+        gates_x = []
+        for d, cell in enumerate(cells):
+            flat = tf.reshape(x[d], [-1, tf.shape(x)[3]])  # [T*B, in]
+            gx = tf.matmul(flat, cell["input_kernel"]) + cell["bias"]
+            gates_x.append(tf.reshape(gx, [steps, batch, 4 * o.dim]))  # [T, B, 4D]
+        mask = mask[:, :, None]  # [T, B, 1]
 
-        def step(t, c, h, out):
-            z = gates_x[:, t] + tf.matmul(h, w_h)  # [2, B, 4D]
+        def cell_step(cell, g_x, c, h, valid):
+            z = g_x + tf.matmul(h, cell["recurrent_kernel"])  # [B, 4D]
             i, j, f, g_o = tf.split(z, 4, axis=-1)
             c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip:
                 c_new = tf.clip_by_value(c_new, -o.cell_clip, o.cell_clip)
-            h_new = tf.matmul(tf.sigmoid(g_o) * tf.tanh(c_new), w_p)  # [2, B, P]
+            h_new = tf.matmul(tf.sigmoid(g_o) * tf.tanh(c_new), cell["projection"])  # [B, P]
             if o.proj_clip:
                 h_new = tf.clip_by_value(h_new, -o.proj_clip, o.proj_clip)
             # Past a row's end the state is held, so the final state is the one after
             # its last valid step (what dynamic_rnn with sequence_length returns).
-            valid = mask[:, t]
-            c = tf.where(valid, c_new, c)
-            h = tf.where(valid, h_new, h)
-            return t + 1, c, h, out.write(t, h_new)
+            return tf.where(valid, c_new, c), tf.where(valid, h_new, h), h_new
 
-        out = tf.TensorArray(tf.float32, size=steps, element_shape=[2, None, o.projection_dim])
-        _, c, h, out = tf.while_loop(
-            lambda t, *_: t < steps, step, (tf.constant(0), state[0], state[1], out))
-        h_seq = tf.transpose(out.stack(), [1, 0, 2, 3])  # [T, 2, B, P] -> [2, T, B, P]
-        return h_seq, (c, h)
+        def step(t, c_f, h_f, c_b, h_b, out_f, out_b):
+            valid = mask[t]
+            c_f, h_f, y_f = cell_step(cells[0], gates_x[0][t], c_f, h_f, valid)
+            c_b, h_b, y_b = cell_step(cells[1], gates_x[1][t], c_b, h_b, valid)
+            return t + 1, c_f, h_f, c_b, h_b, out_f.write(t, y_f), out_b.write(t, y_b)
+
+        def array():
+            return tf.TensorArray(tf.float32, size=steps, element_shape=[None, o.projection_dim])
+
+        c0, h0 = state
+        loop = tf.while_loop(lambda t, *_: t < steps, step,
+                             (tf.constant(0), c0[0], h0[0], c0[1], h0[1], array(), array()))
+        _, c_f, h_f, c_b, h_b, out_f, out_b = loop
+        h_seq = tf.stack([out_f.stack(), out_b.stack()])  # [2, T, B, P]
+        return h_seq, (tf.stack([c_f, c_b]), tf.stack([h_f, h_b]))

@@ -102,31 +102,42 @@ def _list_datasets(f: h5py.File) -> list[str]:
     return names
 
 
-def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.ndarray]:
-    """Reads every dataset of `weight_specs(options)` from an hdf5 file, once.
+class WeightReader(Mapping):
+    """A weight file opened and checked against the options, read one dataset at a time.
 
-    Returns:
-        dict from dataset name to a float32 array of the spec's shape.
+    Opening checks everything that needs no data: the file is HDF5, it holds exactly the
+    datasets of `weight_specs(options)`, each of the expected shape and a float dtype.
+    `reader[name]` then reads that dataset (float32, checked finite) and keeps no copy,
+    so a model can turn each weight into its variable while holding one array at a time.
+    Use as a context manager, or call `close()`.
 
     Raises:
         WeightsError: naming the file and the dataset, with expected and found shapes.
     """
-    path = os.fspath(path)
-    specs = weight_specs(options)
-    if not os.path.exists(path):
-        raise WeightsError(f"{path}: weight file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(_open_failure(path, e)) from None
-    with f:
+
+    def __init__(self, path: str | os.PathLike, options: BiLMOptions):
+        self.path = path = os.fspath(path)
+        self.specs = {s.name: s for s in weight_specs(options)}
+        if not os.path.exists(path):
+            raise WeightsError(f"{path}: weight file not found")
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as e:
+            raise WeightsError(_open_failure(path, e)) from None
+        try:
+            self._check(options)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _check(self, options: BiLMOptions) -> None:
+        f, path = self._file, self.path
         try:
             present = set(_list_datasets(f))
         except (OSError, RuntimeError) as e:
             raise WeightsError(f"{path}: cannot list the datasets (truncated file?): {e}") from None
-        expected = {s.name for s in specs}
-        missing = [s for s in specs if s.name not in present]
-        extra = sorted(present - expected)
+        missing = [s for n, s in self.specs.items() if n not in present]
+        extra = sorted(present - set(self.specs))
         if missing or extra:
             lines = [f"{path}: the datasets do not match the options"]
             lines += [f"  missing dataset {s.name}, expected shape {s.shape}" for s in missing]
@@ -136,8 +147,7 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
                     f"  (the filters give {options.char_cnn.n_filters} channels, equal to "
                     "lstm.projection_dim, so these options have no CNN_proj)")
             raise WeightsError("\n".join(lines))
-        arrays = {}
-        for spec in specs:
+        for spec in self.specs.values():
             ds = f[spec.name]
             if tuple(ds.shape) != spec.shape:
                 raise WeightsError(
@@ -145,20 +155,51 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
                     f"{spec.shape} (from the options; it fills {spec.fills})")
             if ds.dtype.kind != "f":
                 raise WeightsError(f"{path}: dataset {spec.name} has dtype {ds.dtype}, expected a float type")
-            try:
-                value = np.asarray(ds[()], dtype=np.float32)
-            except (OSError, RuntimeError, ValueError) as e:
-                raise WeightsError(f"{path}: cannot read dataset {spec.name} (truncated file?): {e}") from None
-            finite = np.isfinite(value)
-            if not finite.all():
-                n_nan = int(np.count_nonzero(np.isnan(value)))
-                n_inf = int(value.size - np.count_nonzero(finite)) - n_nan
-                first = tuple(int(i) for i in np.argwhere(~finite)[0])
-                raise WeightsError(
-                    f"{path}: dataset {spec.name} has non-finite values ({n_nan} NaN, "
-                    f"{n_inf} Inf; the first at index {list(first)}); expected finite weights")
-            arrays[spec.name] = value
-    return arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        spec = self.specs[name]
+        path = self.path
+        try:
+            value = np.asarray(self._file[spec.name][()], dtype=np.float32)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise WeightsError(f"{path}: cannot read dataset {spec.name} (truncated file?): {e}") from None
+        finite = np.isfinite(value)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(value)))
+            n_inf = int(value.size - np.count_nonzero(finite)) - n_nan
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise WeightsError(
+                f"{path}: dataset {spec.name} has non-finite values ({n_nan} NaN, "
+                f"{n_inf} Inf; the first at index {list(first)}); expected finite weights")
+        return value
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "WeightReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.ndarray]:
+    """Reads every dataset of `weight_specs(options)` from an hdf5 file, once, into memory.
+
+    Returns:
+        dict from dataset name to a float32 array of the spec's shape.
+
+    Raises:
+        WeightsError: naming the file and the dataset, with expected and found shapes.
+    """
+    with WeightReader(path, options) as reader:
+        return {name: reader[name] for name in reader}
 
 
 def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
