@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,29 +86,61 @@ def bandwidth_roof(tf, repeats: int) -> float:
     return 512 * 131072 * 4 / t
 
 
-def sentences(batch: int, length: int, seed: int) -> list[list[str]]:
+def vocabulary(size: int, seed: int = 0) -> list[str]:
+    """`size` distinct random lowercase words of 2 to 10 letters."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    return [["".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(length)]
-            for _ in range(batch)]
+    words: dict[str, None] = {}
+    while len(words) < size:
+        words["".join(rng.choice(letters, rng.integers(2, 11)))] = None
+    return list(words)
 
 
-def export_in_child(options_path: Path, weights_path: Path, out: Path) -> tuple[float, float]:
-    """Exports in a fresh process: (wall seconds, peak RSS in MB of that process)."""
-    code = ("import resource, sys, time; t = time.perf_counter();"
+def sentences(vocab: list[str], batch: int, length: int, seed: int) -> list[list[str]]:
+    """Text drawn from `vocab` (so the token cache covers all of it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [[vocab[i] for i in rng.integers(0, len(vocab), length)] for _ in range(batch)]
+
+
+def tokens_per_s(module, toks: list[list[str]], repeats: int) -> tuple[float, float]:
+    """(tokens signature, default signature) tokens/s on the same text."""
+    import tensorflow as tf
+
+    tokens = tf.constant(toks)
+    lengths = tf.constant([len(t) for t in toks], tf.int32)
+    text = tf.constant([" ".join(t) for t in toks])
+    n = sum(len(t) for t in toks)
+    t_tok = median_time(lambda: module.signatures["tokens"](
+        tokens=tokens, sequence_len=lengths)["elmo"].numpy(), repeats)
+    t_def = median_time(lambda: module.signatures["default"](default=text)["elmo"].numpy(), repeats)
+    return n / t_tok, n / t_def
+
+
+def export_in_child(options_path: Path, weights_path: Path, out: Path, version: int = 1,
+                    vocab: Path | None = None) -> tuple[float, float, float]:
+    """Exports in a fresh process: (wall seconds, peak RSS MB, RSS MB after importing TF)."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through
+    # fork + exec, so a child would report this (large) process's peak as its own.
+    code = ("import time; t = time.perf_counter();"
+            "hwm = lambda: [int(l.split()[1]) for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM')][0];"
             "from hub_export.export import export;"
-            f"export(1, {str(options_path)!r}, {str(weights_path)!r}, output_dir={str(out)!r});"
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "base = hwm();"
+            f"export({version}, {str(options_path)!r}, {str(weights_path)!r}, "
+            f"output_dir={str(out)!r}, vocab_path={str(vocab) if vocab else None!r});"
+            "print(time.perf_counter() - t, hwm(), base)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"export failed:\n{done.stderr[-3000:]}")
-    _, rss_kb = done.stdout.split()[-2:]
-    return wall, int(rss_kb) / 1024
+    _, rss_kb, base_kb = done.stdout.split()[-3:]
+    return wall, int(rss_kb) / 1024, int(base_kb) / 1024
 
 
 def main() -> None:
@@ -117,8 +148,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (rougher figures)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"),
                         help="where to write the figures as JSON")
-    parser.add_argument("--vocab-cache", action="store_true",
-                        help="also measure a module exported with --vocab (token cache)")
+    parser.add_argument("--vocab-size", type=int, default=20000,
+                        help="words in the token cache's vocabulary (the text is drawn from it)")
     args = parser.parse_args()
 
     import numpy as np
@@ -140,8 +171,9 @@ def main() -> None:
         options_path.write_text(json.dumps(ORIGINAL_OPTIONS))
         write_weights(weights_path, random_weights(options, seed=0))
         results["weights_mb"] = weights_path.stat().st_size / 2**20
-        export_s, export_rss = export_in_child(options_path, weights_path, tmp / "exported")
-        results.update(export_s=export_s, export_peak_rss_mb=export_rss)
+        export_s, export_rss, base_rss = export_in_child(options_path, weights_path, tmp / "exported")
+        results.update(export_s=export_s, export_peak_rss_mb=export_rss,
+                       export_rss_after_import_mb=base_rss)
         path = str(tmp / "exported" / "elmo" / "1")
         start = time.perf_counter()
         module = hub.load(path)
@@ -150,25 +182,36 @@ def main() -> None:
         results["gemm_roof_flops"] = gemm = gemm_roof(tf, repeats)
         results["bandwidth_roof_bytes_per_s"] = bw = bandwidth_roof(tf, repeats)
         step_bytes = recurrent_bytes_per_step(options)
+        vocab = vocabulary(args.vocab_size)
         rows = []
         for batch, length in SHAPES:
-            toks = sentences(batch, length, seed=batch * 1000 + length)
-            tokens = tf.constant(toks)
-            lengths = tf.constant([length] * batch, tf.int32)
-            text = tf.constant([" ".join(t) for t in toks])
+            toks = sentences(vocab, batch, length, seed=batch * 1000 + length)
             n = batch * length
             reps = max(repeats, 3) if n >= 320 else repeats * 2
-            t_tok = median_time(lambda: module.signatures["tokens"](
-                tokens=tokens, sequence_len=lengths)["elmo"].numpy(), reps)
-            t_def = median_time(lambda: module.signatures["default"](default=text)["elmo"].numpy(), reps)
-            row = {"batch": batch, "tokens": length, "tokens_per_s": n / t_tok,
-                   "default_tokens_per_s": n / t_def,
-                   "efficiency": n / t_tok * flops["total"] / gemm}
+            tok_s, default_s = tokens_per_s(module, toks, reps)
+            row = {"batch": batch, "tokens": length, "tokens_per_s": tok_s,
+                   "default_tokens_per_s": default_s,
+                   "efficiency": tok_s * flops["total"] / gemm}
             if batch == 1:
                 # Each of the length + 2 steps streams the recurrent weights once.
-                row["bandwidth_efficiency"] = (length + 2) * step_bytes / t_tok / bw
+                row["bandwidth_efficiency"] = (length + 2) * step_bytes * tok_s / n / bw
             rows.append(row)
         results["shapes"] = rows
+
+        # The token cache: the same text through a module exported with --vocab.
+        vocab_path = tmp / "vocab.txt"
+        vocab_path.write_text("\n".join(vocab) + "\n")
+        cache_s, _, _ = export_in_child(options_path, weights_path, tmp / "exported", version=2,
+                                        vocab=vocab_path)
+        cached = hub.load(str(tmp / "exported" / "elmo" / "2"))
+        results["token_cache"] = {"vocab_size": len(vocab), "export_s": cache_s, "shapes": []}
+        for batch, length in [(16, 20), (64, 20)]:
+            toks = sentences(vocab, batch, length, seed=batch * 1000 + length)
+            plain_s, _ = tokens_per_s(module, toks, repeats)
+            cached_s, _ = tokens_per_s(cached, toks, repeats)
+            results["token_cache"]["shapes"].append(
+                {"batch": batch, "tokens": length, "uncached_tokens_per_s": plain_s,
+                 "cached_tokens_per_s": cached_s, "speedup": cached_s / plain_s})
 
     print(f"\nhub_export speed, original ELMo architecture (random weights), TF {tf.__version__}, "
           f"{os.cpu_count()} CPUs")
@@ -182,8 +225,17 @@ def main() -> None:
         bwe = f"{r['bandwidth_efficiency']:.2f}" if "bandwidth_efficiency" in r else ""
         print(f"{r['batch']:>3}x{r['tokens']:<4} {r['tokens_per_s']:>13.0f} "
               f"{r['default_tokens_per_s']:>14.0f} {r['efficiency']:>10.2f} {bwe:>8}")
+    grown = results["export_peak_rss_mb"] - results["export_rss_after_import_mb"]
     print(f"export: {results['export_s']:.1f} s, peak RSS {results['export_peak_rss_mb']:.0f} MB "
-          f"(weights {results['weights_mb']:.0f} MB); hub.load: {results['hub_load_s']:.1f} s")
+          f"({results['export_rss_after_import_mb']:.0f} MB after importing TF, so +{grown:.0f} MB "
+          f"for the model; weights file {results['weights_mb']:.0f} MB); "
+          f"hub.load: {results['hub_load_s']:.1f} s")
+    cache = results["token_cache"]
+    print(f"token cache ({cache['vocab_size']} words, export {cache['export_s']:.1f} s), "
+          "in-vocabulary text, tokens signature:")
+    for r in cache["shapes"]:
+        print(f"  {r['batch']}x{r['tokens']}: {r['uncached_tokens_per_s']:.0f} -> "
+              f"{r['cached_tokens_per_s']:.0f} tok/s ({r['speedup']:.2f}x)")
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"figures written to {args.json}")
 

@@ -53,15 +53,18 @@ class BiLM(tf.Module):
         with WeightReader(weights_path, options) as weights:
             return cls(options, weights, trainable)
 
+    def embed_char_rows(self, char_ids: tf.Tensor) -> tf.Tensor:
+        """char_ids int32 [N, C], one token per row -> float32 [N, P]."""
+        C = self.options.char_cnn.max_characters_per_token
+        # Deal with a corner case: conv1d on CPU returns a wrongly shaped tensor for an
+        # empty batch, so one all-padding row always rides along and is dropped after.
+        rows = tf.concat([char_ids, tf.zeros([1, C], char_ids.dtype)], axis=0)
+        return self.projection(self.highway(self.char_cnn(rows)))[:-1]
+
     def token_embedding(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [B, T, C] -> float32 [B, T, P] (not masked)."""
         shape = tf.shape(char_ids)
-        C = self.options.char_cnn.max_characters_per_token
-        flat = tf.reshape(char_ids, [-1, C])
-        # Deal with a corner case: conv1d on CPU returns a wrongly shaped tensor for an
-        # empty batch, so one all-padding row always rides along and is dropped after.
-        flat = tf.concat([flat, tf.zeros([1, C], flat.dtype)], axis=0)
-        x = self.projection(self.highway(self.char_cnn(flat)))[:-1]
+        x = self.embed_char_rows(tf.reshape(char_ids, [-1, self.options.char_cnn.max_characters_per_token]))
         return tf.reshape(x, [shape[0], shape[1], self.options.lstm.projection_dim])
 
     def __call__(self, char_ids: tf.Tensor,
@@ -87,12 +90,23 @@ class BiLM(tf.Module):
         char_ids = tf.convert_to_tensor(char_ids, tf.int32)
         # A row's steps are its non-zero char-id rows: begin, tokens, end (bilm-tf's rule).
         steps = tf.reduce_sum(tf.cast(tf.reduce_any(char_ids > 0, axis=2), tf.int32), axis=1)
-        sequence_len = tf.maximum(steps - 2, 0)
-        max_steps = tf.shape(char_ids)[1]
+        return self.contextualize(self.token_embedding(char_ids), steps, initial_state)
 
-        tokens = self.token_embedding(char_ids)  # [B, T+2, P]
-        mask_tm = tf.sequence_mask(steps, max_steps)  # [B, T+2]
-        mask_tm = tf.transpose(mask_tm)  # [T+2, B]
+    def contextualize(self, tokens: tf.Tensor, steps: tf.Tensor,
+                      initial_state: Sequence[LayerState] | None = None) -> dict:
+        """The biLSTM over token representations that are already computed.
+
+        Args:
+            tokens: float32 [B, T+2, P], begin row, token rows, end row, then padding.
+            steps: int32 [B], the rows of each sentence that count (its tokens + 2).
+            initial_state: as for `__call__`.
+
+        Returns:
+            The dict of `__call__`.
+        """
+        sequence_len = tf.maximum(steps - 2, 0)
+        max_steps = tf.shape(tokens)[1]
+        mask_tm = tf.transpose(tf.sequence_mask(steps, max_steps))  # [T+2, B]
         x = tf.transpose(tokens, [1, 0, 2])  # [T+2, B, P]
         # The backward stack reads each row from its own end token: reverse the valid
         # part of every row, leave the padding where it is.

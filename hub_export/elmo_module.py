@@ -19,6 +19,7 @@ import signatures
 from hub_export.bilm import BiLM
 from hub_export.char_ids import encode_tokens
 from hub_export.errors import HubExportError
+from hub_export.token_cache import TokenCache
 
 TRAINABLE_CHOICES = ("mix", "all")
 LAYER_NORM_EPSILON = 1e-12  # bilm-tf's weight_layers uses this in its layer norm
@@ -86,10 +87,14 @@ class ElmoModule(tf.Module):
     Args:
         bilm: BiLM. Its variables become trainable only with `config.trainable == "all"`.
         config: ExportConfig.
+        token_cache: TokenCache or None. Precomputed token representations of a
+            vocabulary; the outputs are the same with or without it.
     """
 
-    def __init__(self, bilm: BiLM, config: ExportConfig = ExportConfig(), name: str = "elmo"):
+    def __init__(self, bilm: BiLM, config: ExportConfig = ExportConfig(),
+                 token_cache: TokenCache | None = None, name: str = "elmo"):
         super().__init__(name=name)
+        self.token_cache = token_cache
         lstm = bilm.options.lstm
         config.validate(lstm.n_layers)
         self.bilm = bilm
@@ -140,8 +145,12 @@ class ElmoModule(tf.Module):
 
     def embed(self, tokens: tf.Tensor, sequence_len: tf.Tensor, training: bool = False) -> dict:
         """tokens string [B, T] + sequence_len int32 [B] -> the output dict."""
-        ids = encode_tokens(tokens, sequence_len, self.bilm.options.char_cnn.max_characters_per_token)
-        out = self.bilm(ids)
+        if self.token_cache is None:
+            ids = encode_tokens(tokens, sequence_len, self.bilm.options.char_cnn.max_characters_per_token)
+            out = self.bilm(ids)
+        else:
+            steps = tf.clip_by_value(sequence_len, 0, tf.shape(tokens)[1]) + 2
+            out = self.bilm.contextualize(self.token_cache.token_embedding(tokens, sequence_len), steps)
         mask = out["mask"]
         word_emb = out["word_emb"]
         layers = [tf.concat([word_emb, word_emb], axis=-1)] + out["lstm_outputs"]

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ from hub_export.elmo_module import ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
 from hub_export.options import load_options
 from hub_export.progress import Progress
+from hub_export.token_cache import TokenCache, read_vocab
 from hub_export.weights import WeightReader
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -142,6 +144,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                              "for the built-in default model")
     output_dir = Path(output_dir)
     target, archive_path = _check_target(output_dir, name, version, overwrite, archive)
+    vocab_words = read_vocab(vocab_path) if vocab_path is not None else None
     progress = progress or Progress(0, stream=None)
 
     with progress.step("reading options and weights into the biLM"):
@@ -164,8 +167,16 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                       "weights": str(weights_path), "weights_sha256": sha256_file(weights_path),
                       "untrained": False}
 
+    scratch = tempfile.TemporaryDirectory(prefix="hub_export-")
+    token_cache = None
+    if vocab_words is not None:
+        with progress.step(f"precomputing the token cache ({len(vocab_words)} words)"):
+            token_cache = TokenCache(bilm, vocab_words, Path(scratch.name) / "vocab.txt")
+            source["token_cache"] = {"vocab": str(vocab_path), "size": token_cache.size,
+                                     "vocab_sha256": token_cache.sha256}
+
     with progress.step("tracing the signatures"):
-        module = ElmoModule(bilm, config)
+        module = ElmoModule(bilm, config, token_cache=token_cache)
         root, fns = build_saveable(module)
 
     manifest = module_card.manifest(name, version, options, config, source, module)
@@ -196,6 +207,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                 os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        scratch.cleanup()
 
     if archive:
         with progress.step(f"archiving to {archive_path}"):

@@ -108,6 +108,11 @@ def render(m: dict) -> str:
         "",
         f"- model: {m['source']['model']}",
         f"- weights sha256: `{m['source']['weights_sha256']}`",
+        *([f"- token cache: {m['source']['token_cache']['size']} words from "
+           f"`{m['source']['token_cache']['vocab']}` (sha256 "
+           f"`{m['source']['token_cache']['vocab_sha256']}`): their token representations are "
+           "looked up, other tokens go through the char CNN; the outputs are the same"]
+          if m["source"].get("token_cache") else []),
         f"- export flags: `{flags}`",
         f"- hub_export {m['versions']['hub_export']}, TensorFlow {m['versions']['tensorflow']}, "
         f"exported {m['created']}",
