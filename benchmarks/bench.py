@@ -121,7 +121,8 @@ def tokens_per_s(module, toks: list[list[str]], repeats: int) -> tuple[float, fl
 
 
 def export_in_child(options_path: Path, weights_path: Path, out: Path, version: int = 1,
-                    vocab: Path | None = None) -> tuple[float, float, float]:
+                    vocab: Path | None = None, compute_dtype: str = "float32"
+                    ) -> tuple[float, float, float]:
     """Exports in a fresh process: (wall seconds, peak RSS MB, RSS MB after importing TF)."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through
     # fork + exec, so a child would report this (large) process's peak as its own.
@@ -129,9 +130,11 @@ def export_in_child(options_path: Path, weights_path: Path, out: Path, version: 
             "hwm = lambda: [int(l.split()[1]) for l in open('/proc/self/status') "
             "if l.startswith('VmHWM')][0];"
             "from hub_export.export import export;"
+            "from hub_export.elmo_module import ExportConfig;"
             "base = hwm();"
             f"export({version}, {str(options_path)!r}, {str(weights_path)!r}, "
-            f"output_dir={str(out)!r}, vocab_path={str(vocab) if vocab else None!r});"
+            f"output_dir={str(out)!r}, vocab_path={str(vocab) if vocab else None!r}, "
+            f"config=ExportConfig(compute_dtype={compute_dtype!r}));"
             "print(time.perf_counter() - t, hwm(), base)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.perf_counter()
@@ -159,7 +162,7 @@ def main() -> None:
     from hub_export.options import parse_options
     from hub_export.weights import random_weights, write_weights
 
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 5
     options = parse_options(ORIGINAL_OPTIONS, source="bench")
     flops = flops_per_token(options)
     results = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
@@ -213,6 +216,25 @@ def main() -> None:
                 {"batch": batch, "tokens": length, "uncached_tokens_per_s": plain_s,
                  "cached_tokens_per_s": cached_s, "speedup": cached_s / plain_s})
 
+        # Reduced precision: the same text through a bfloat16 module.
+        export_in_child(options_path, weights_path, tmp / "exported", version=3,
+                        compute_dtype="bfloat16")
+        half = hub.load(str(tmp / "exported" / "elmo" / "3"))
+        results["bfloat16"] = {"shapes": []}
+        worst = 0.0
+        for batch, length in [(1, 20), (64, 20)]:
+            toks = sentences(vocab, batch, length, seed=batch * 1000 + length)
+            full_s, _ = tokens_per_s(module, toks, repeats)
+            half_s, _ = tokens_per_s(half, toks, repeats)
+            inputs = {"tokens": tf.constant(toks), "sequence_len": tf.constant([length] * batch)}
+            a, b = module.signatures["tokens"](**inputs), half.signatures["tokens"](**inputs)
+            worst = max([worst] + [float(np.abs(a[k].numpy() - b[k].numpy()).max())
+                                   for k in ("word_emb", "lstm_outputs1", "lstm_outputs2", "elmo")])
+            results["bfloat16"]["shapes"].append(
+                {"batch": batch, "tokens": length, "float32_tokens_per_s": full_s,
+                 "bfloat16_tokens_per_s": half_s, "speedup": half_s / full_s})
+        results["bfloat16"]["max_abs_difference"] = worst
+
     print(f"\nhub_export speed, original ELMo architecture (random weights), TF {tf.__version__}, "
           f"{os.cpu_count()} CPUs")
     print(f"FLOPs/token: {flops['total'] / 1e6:.1f} M (char CNN {flops['char_cnn'] / 1e6:.1f}, "
@@ -236,6 +258,12 @@ def main() -> None:
     for r in cache["shapes"]:
         print(f"  {r['batch']}x{r['tokens']}: {r['uncached_tokens_per_s']:.0f} -> "
               f"{r['cached_tokens_per_s']:.0f} tok/s ({r['speedup']:.2f}x)")
+    half = results["bfloat16"]
+    print(f"bfloat16 compute (--compute-dtype bfloat16), largest |difference| to float32 "
+          f"over all per-token outputs: {half['max_abs_difference']:.2g}")
+    for r in half["shapes"]:
+        print(f"  {r['batch']}x{r['tokens']}: {r['float32_tokens_per_s']:.0f} -> "
+              f"{r['bfloat16_tokens_per_s']:.0f} tok/s ({r['speedup']:.2f}x)")
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"figures written to {args.json}")
 

@@ -18,6 +18,7 @@ from hub_export.char_cnn import CharCNN
 from hub_export.highway import Highway
 from hub_export.lstm import BiLSTM, LayerState
 from hub_export.options import BiLMOptions, load_options
+from hub_export.precision import COMPUTE_DTYPES
 from hub_export.projection import Projection
 from hub_export.weights import WeightReader
 
@@ -30,6 +31,7 @@ class BiLM(tf.Module):
         weights: dataset name -> array: a `WeightReader` (each dataset is read once, as
             its variable is made) or the dict `read_weights` returns.
         trainable: bool. Whether the biLM variables are trainable (fine-tuning all).
+        compute_dtype: str. "float32" (exact) or "bfloat16" (see `precision`).
 
     Example:
         >>> bilm = BiLM.from_files("options.json", "weights.hdf5")
@@ -38,13 +40,15 @@ class BiLM(tf.Module):
     """
 
     def __init__(self, options: BiLMOptions, weights: Mapping[str, np.ndarray],
-                 trainable: bool = False, name: str = "bilm"):
+                 trainable: bool = False, compute_dtype: str = "float32", name: str = "bilm"):
         super().__init__(name=name)
         self.options = options
+        self.compute_dtype = compute_dtype
+        dtype = COMPUTE_DTYPES[compute_dtype]
         self.char_cnn = CharCNN(options.char_cnn, weights, trainable)
-        self.highway = Highway(options.char_cnn.n_highway, weights, trainable)
-        self.projection = Projection(weights if options.has_projection else None, trainable)
-        self.lstm = BiLSTM(options.lstm, weights, trainable)
+        self.highway = Highway(options.char_cnn.n_highway, weights, trainable, dtype)
+        self.projection = Projection(weights if options.has_projection else None, trainable, dtype)
+        self.lstm = BiLSTM(options.lstm, weights, trainable, dtype)
 
     @classmethod
     def from_files(cls, options_path: str | os.PathLike, weights_path: str | os.PathLike,

@@ -19,6 +19,7 @@ import signatures
 from hub_export.bilm import BiLM
 from hub_export.char_ids import encode_tokens
 from hub_export.errors import HubExportError
+from hub_export.precision import COMPUTE_DTYPES
 from hub_export.token_cache import TokenCache
 
 TRAINABLE_CHOICES = ("mix", "all")
@@ -50,6 +51,8 @@ class ExportConfig:
         projection_dim: int or None. A trainable projection of `elmo` and `default` to
             this width.
         seed: int. Seed for the initial projection kernel.
+        compute_dtype: str. "float32" (equal to the reference) or "bfloat16" (faster
+            matrix products, about 1e-2 from float32; see `hub_export.precision`).
     """
 
     trainable: str = "mix"
@@ -60,6 +63,7 @@ class ExportConfig:
     dropout: float = 0.0
     projection_dim: int | None = None
     seed: int = 0
+    compute_dtype: str = "float32"
 
     def validate(self, n_layers: int) -> None:
         """Raises HubExportError naming the flag and the value that is wrong."""
@@ -77,6 +81,12 @@ class ExportConfig:
             raise HubExportError(f"--l2-coef: must be a number >= 0, got {self.l2_coef}")
         if not (0.0 <= self.dropout < 1.0):
             raise HubExportError(f"--dropout: must be in [0, 1), got {self.dropout}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise HubExportError(f"--compute-dtype: got {self.compute_dtype!r}; allowed: "
+                                 f"{', '.join(COMPUTE_DTYPES)}")
+        if self.compute_dtype != "float32" and self.trainable == "all":
+            raise HubExportError(f"--compute-dtype {self.compute_dtype} goes with --trainable mix "
+                                 "only: fine-tuning the biLM itself needs float32 weights")
         if self.projection_dim is not None and self.projection_dim < 1:
             raise HubExportError(f"--projection-dim: must be a positive integer, got {self.projection_dim}")
 

@@ -148,13 +148,13 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     progress = progress or Progress(0, stream=None)
 
     with progress.step("reading options and weights into the biLM"):
-        trainable = config.trainable == "all"
+        kwargs = {"trainable": config.trainable == "all", "compute_dtype": config.compute_dtype}
         if options_path is None:
             options, arrays, weights_sha = default_model.default_model()
             config.validate(options.lstm.n_layers)
             source = {"model": default_model.NAME, "options": None, "weights": None,
                       "weights_sha256": weights_sha, "untrained": True}
-            bilm = BiLM(options, arrays, trainable=trainable)
+            bilm = BiLM(options, arrays, **kwargs)
             del arrays
         else:
             options = load_options(options_path)
@@ -162,7 +162,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             # Each dataset becomes its variable as it is read, so the export never holds
             # a second copy of the weights (peak memory ~ one model, not two).
             with WeightReader(weights_path, options) as reader:
-                bilm = BiLM(options, reader, trainable=trainable)
+                bilm = BiLM(options, reader, **kwargs)
             source = {"model": str(weights_path), "options": str(options_path),
                       "weights": str(weights_path), "weights_sha256": sha256_file(weights_path),
                       "untrained": False}

@@ -7,6 +7,8 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
+from hub_export.precision import matmul, matrix_variable
+
 
 class Highway(tf.Module):
     """`n_highway` highway layers in the TF (bilm-tf) weight layout.
@@ -20,25 +22,27 @@ class Highway(tf.Module):
         n_layers: int. Number of highway layers (0 makes this the identity).
         weights: mapping with `CNN_high_k/{W,b}_{carry,transform}` arrays.
         trainable: bool.
+        dtype: tf.DType. Compute dtype of the matrices (see `precision`).
     """
 
     def __init__(self, n_layers: int, weights: Mapping[str, np.ndarray],
-                 trainable: bool = False, name: str = "highway"):
+                 trainable: bool = False, dtype: tf.DType = tf.float32, name: str = "highway"):
         super().__init__(name=name)
         # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
         with self.name_scope:
             self.layers = []
             for k in range(n_layers):
-                self.layers.append({
-                    part: tf.Variable(weights[f"CNN_high_{k}/{part}"], trainable=trainable,
-                                      name=f"highway_{k}/{part}")
-                    for part in ("W_carry", "b_carry", "W_transform", "b_transform")
-                })
+                layer = {}
+                for part in ("W_carry", "b_carry", "W_transform", "b_transform"):
+                    value, name_ = weights[f"CNN_high_{k}/{part}"], f"highway_{k}/{part}"
+                    layer[part] = (matrix_variable(value, dtype, trainable, name_) if part[0] == "W"
+                                   else tf.Variable(value, trainable=trainable, name=name_))
+                self.layers.append(layer)
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, F]."""
         for layer in self.layers:
-            gate = tf.sigmoid(tf.matmul(x, layer["W_carry"]) + layer["b_carry"])
-            transform = tf.nn.relu(tf.matmul(x, layer["W_transform"]) + layer["b_transform"])
+            gate = tf.sigmoid(matmul(x, layer["W_carry"]) + layer["b_carry"])
+            transform = tf.nn.relu(matmul(x, layer["W_transform"]) + layer["b_transform"])
             x = gate * transform + (1.0 - gate) * x
         return x

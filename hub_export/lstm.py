@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from hub_export.options import LSTMOptions
+from hub_export.precision import matmul, matrix_variable
 from hub_export.weights import DIRECTIONS, LSTM_PREFIX
 
 FORGET_BIAS = 1.0
@@ -41,10 +42,11 @@ class BiLSTM(tf.Module):
         weights: mapping with the `RNN_d/RNN/MultiRNNCell/Cell{l}/LSTMCell/{W_0,B,W_P_0}`
             arrays (d = 0 forward, 1 backward).
         trainable: bool.
+        dtype: tf.DType. Compute dtype of the matrices (see `precision`).
     """
 
     def __init__(self, options: LSTMOptions, weights: Mapping[str, np.ndarray],
-                 trainable: bool = False, name: str = "lstm"):
+                 trainable: bool = False, dtype: tf.DType = tf.float32, name: str = "lstm"):
         super().__init__(name=name)
         self.options = options
         D, P = options.dim, options.projection_dim
@@ -62,13 +64,13 @@ class BiLSTM(tf.Module):
                     bias[2 * D:3 * D] += FORGET_BIAS
                     scope = f"lstm_{layer}/{direction}"
                     pair.append({
-                        "input_kernel": tf.Variable(w0[:input_dim], trainable=trainable,
-                                                    name=f"{scope}/input_kernel"),
-                        "recurrent_kernel": tf.Variable(w0[input_dim:], trainable=trainable,
-                                                        name=f"{scope}/recurrent_kernel"),
+                        "input_kernel": matrix_variable(w0[:input_dim], dtype, trainable,
+                                                        f"{scope}/input_kernel"),
+                        "recurrent_kernel": matrix_variable(w0[input_dim:], dtype, trainable,
+                                                            f"{scope}/recurrent_kernel"),
                         "bias": tf.Variable(bias, trainable=trainable, name=f"{scope}/bias"),
-                        "projection": tf.Variable(weights[f"{prefix}/W_P_0"], trainable=trainable,
-                                                  name=f"{scope}/projection"),
+                        "projection": matrix_variable(weights[f"{prefix}/W_P_0"], dtype, trainable,
+                                                      f"{scope}/projection"),
                     })
                 self.cells.append(pair)
 
@@ -119,17 +121,17 @@ class BiLSTM(tf.Module):
         gates_x = []
         for d, cell in enumerate(cells):
             flat = tf.reshape(x[d], [-1, tf.shape(x)[3]])  # [T*B, in]
-            gx = tf.matmul(flat, cell["input_kernel"]) + cell["bias"]
+            gx = matmul(flat, cell["input_kernel"]) + cell["bias"]
             gates_x.append(tf.reshape(gx, [steps, batch, 4 * o.dim]))  # [T, B, 4D]
         mask = mask[:, :, None]  # [T, B, 1]
 
         def cell_step(cell, g_x, c, h, valid):
-            z = g_x + tf.matmul(h, cell["recurrent_kernel"])  # [B, 4D]
+            z = g_x + matmul(h, cell["recurrent_kernel"])  # [B, 4D]
             i, j, f, g_o = tf.split(z, 4, axis=-1)
             c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip:
                 c_new = tf.clip_by_value(c_new, -o.cell_clip, o.cell_clip)
-            h_new = tf.matmul(tf.sigmoid(g_o) * tf.tanh(c_new), cell["projection"])  # [B, P]
+            h_new = matmul(tf.sigmoid(g_o) * tf.tanh(c_new), cell["projection"])  # [B, P]
             if o.proj_clip:
                 h_new = tf.clip_by_value(h_new, -o.proj_clip, o.proj_clip)
             # Past a row's end the state is held, so the final state is the one after

@@ -7,6 +7,8 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
+from hub_export.precision import matmul, matrix_variable
+
 
 class Projection(tf.Module):
     """y = x W_proj + b_proj, or the identity when the weight file has no `CNN_proj`.
@@ -16,17 +18,17 @@ class Projection(tf.Module):
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray] | None, trainable: bool = False,
-                 name: str = "projection"):
+                 dtype: tf.DType = tf.float32, name: str = "projection"):
         super().__init__(name=name)
         # Variable names carry the part's name (char_cnn/conv_0/kernel, ...).
         with self.name_scope:
             self.kernel = self.bias = None
             if weights is not None:
-                self.kernel = tf.Variable(weights["CNN_proj/W_proj"], trainable=trainable, name="kernel")
+                self.kernel = matrix_variable(weights["CNN_proj/W_proj"], dtype, trainable, "kernel")
                 self.bias = tf.Variable(weights["CNN_proj/b_proj"], trainable=trainable, name="bias")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, P]."""
         if self.kernel is None:
             return x
-        return tf.matmul(x, self.kernel) + self.bias
+        return matmul(x, self.kernel) + self.bias

@@ -1,0 +1,27 @@
+"""Compute precision of the biLM's matrix products (`--compute-dtype`).
+
+float32 is exact to the reference. bfloat16 stores the highway, projection and LSTM
+matrices in bfloat16 and multiplies in it (the CPU's AVX512-BF16 / AMX units run such
+products about twice as fast, and half the bytes stream per LSTM step); every sum of
+gates, the cell state, clipping and outputs stay float32. The char CNN stays float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
+
+
+def matrix_variable(value: np.ndarray, dtype: tf.DType, trainable: bool, name: str) -> tf.Variable:
+    """A weight matrix stored in the compute dtype."""
+    return tf.Variable(tf.cast(value, dtype) if dtype != tf.float32 else value,
+                       trainable=trainable, name=name)
+
+
+def matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """x (float32) @ w in w's dtype, the product returned as float32."""
+    if w.dtype == tf.float32:
+        return tf.matmul(x, w)
+    return tf.cast(tf.matmul(tf.cast(x, w.dtype), w), tf.float32)
