@@ -8,6 +8,11 @@ Usage:
         your model -> exported/elmo_en/1/ and exported/elmo_en-1.tar.gz
     python -m hub_export serving-config --base exported --name elmo --label stable=3
         exported/models.config for TF Serving, covering the versions on disk
+    python -m hub_export embed --module exported/elmo/3 --input corpus.txt --output embeddings.hdf5
+        every line of a tokenized corpus embedded, in bilm-tf's hdf5 layout
+    python -m hub_export dump-token-embeddings --options options.json --weights weights.hdf5 \
+        --vocab vocab.txt --output tokens.hdf5
+        bilm-tf's token-embedding file for a vocabulary
 
 Errors in what you give are printed as one message naming the file, key, flag or
 value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
@@ -53,6 +58,9 @@ flags.DEFINE_integer("projection_dim", None, "Add a trainable projection of `elm
 flags.DEFINE_string("vocab", None, "A vocabulary file (one token a line): the token "
                     "representation of every word in it is precomputed into a frozen table "
                     "inside the module; other tokens still go through the char CNN.")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Precision of the "
+                  "biLM's matrix products: float32 equals the reference; bfloat16 is faster "
+                  "on CPUs with bf16 units, about 1e-2 off (see benchmarks/RESULTS.md).")
 flags.DEFINE_bool("quiet", False, "No progress display on stderr.")
 flags.DEFINE_bool("warmup", True, "Write TF Serving warm-up requests into "
                   "assets.extra/tf_serving_warmup_requests (--no-warmup: don't).")
@@ -77,6 +85,35 @@ _DASHED = {name.replace("_", "-"): name for name in
             "projection_dim", "warmup_file", "serving_root", "compute_dtype")}
 _BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "warmup")
 
+# embed: python -m hub_export embed --module exported/elmo/3 --input corpus.txt --output out.hdf5
+flags.DEFINE_string("module", None, "embed: an export's version directory, e.g. exported/elmo/3.")
+flags.DEFINE_string("input", None, "embed: a UTF-8 text file, one tokenized sentence per line "
+                    "(tokens split on whitespace, as bilm-tf).")
+flags.DEFINE_string("output", None, "embed, dump-token-embeddings: the hdf5 file to write. embed "
+                    "keeps its progress in <output>.parts/ until the output is complete.")
+flags.DEFINE_enum("layers", "all", ["all", "elmo", "default"], "embed: what to write per line i: "
+                  "'all': dataset str(i) of shape (3, n_tokens, 2P), [word_emb, word_emb] then "
+                  "the two biLSTM layers (bilm-tf's layout); 'elmo': str(i) of shape "
+                  "(n_tokens, E); 'default': row i of one dataset sentence_embeddings [n_lines, E].")
+flags.DEFINE_integer("batch_size", 64, "embed: sentences per module call (lines are sorted by "
+                     "length within a window first). dump-token-embeddings: words per call "
+                     "(default 4096 there).", lower_bound=1)
+flags.DEFINE_integer("max_tokens", 256, "embed: a line of more than N tokens is embedded in "
+                     "consecutive pieces of at most N tokens, each run as a sentence of its own "
+                     "(the LSTMs restart at every piece, so no context crosses a cut) and joined "
+                     "back along the tokens; its `default` is the mean over all its tokens. A "
+                     "batch thus never holds more than batch_size x N tokens.", lower_bound=1)
+flags.DEFINE_integer("window", None, "embed: lines sorted by length and saved together (a kill "
+                     "loses at most the windows in flight); default 8 x --batch-size.",
+                     lower_bound=1)
+flags.DEFINE_bool("resume", False, "embed: finish a run that was killed or stopped, from "
+                  "<output>.parts/: lines already saved are neither recomputed nor rewritten.")
+flags.DEFINE_string("runner", None, "embed: an Apache Beam runner (DirectRunner, DataflowRunner, "
+                    "...). Not available in this build: see the README, 'Corpus workflows'.")
+_DASHED.update({name.replace("_", "-"): name for name in ("batch_size", "max_tokens")})
+_BOOLEANS = _BOOLEANS + ("resume",)
+_COMMANDS = ("serving-config", "embed", "dump-token-embeddings")
+
 
 def _undash(argv: list[str]) -> list[str]:
     out = []
@@ -94,9 +131,13 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
     if argv[1:] == ["serving-config"]:
         return serving_config_main()
+    if argv[1:] == ["embed"]:
+        return embed_main()
+    if argv[1:] == ["dump-token-embeddings"]:
+        return dump_token_embeddings_main()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the one command "
-                             "is serving-config; an export takes flags only)")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the commands are "
+                             f"{', '.join(_COMMANDS)}; an export takes flags only)")
     if FLAGS.version is None:
         raise app.UsageError("--version is required: the version number to export, e.g. --version 3")
     if (FLAGS.options is None) != (FLAGS.weights is None):
@@ -122,8 +163,10 @@ def main(argv: list[str]) -> int:
         config = ExportConfig(trainable=FLAGS.trainable, layer_norm=FLAGS.layer_norm,
                               scalar_mix_init=mix_init, freeze_mix=FLAGS.freeze_mix,
                               l2_coef=FLAGS.l2_coef, dropout=FLAGS.dropout,
-                              projection_dim=FLAGS.projection_dim)
-        progress = Progress(4 if FLAGS.archive else 3, stream=None if FLAGS.quiet else sys.stderr)
+                              projection_dim=FLAGS.projection_dim,
+                              compute_dtype=FLAGS.compute_dtype)
+        steps = 3 + bool(FLAGS.archive) + bool(FLAGS.vocab)
+        progress = Progress(steps, stream=None if FLAGS.quiet else sys.stderr)
         result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
                         name=FLAGS.name, config=config, archive=FLAGS.archive,
                         overwrite=FLAGS.overwrite, progress=progress,
@@ -151,6 +194,62 @@ def serving_config_main() -> int:
             versions = [int(v) for v in FLAGS.versions]
         path = write_config(FLAGS.base, name=FLAGS.name, versions=versions, latest=FLAGS.latest,
                             labels=parse_labels(FLAGS.label), serving_root=FLAGS.serving_root)
+    except HubExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def embed_main() -> int:
+    missing = [f"--{name}" for name in ("module", "input", "output") if getattr(FLAGS, name) is None]
+    if missing:
+        raise app.UsageError(f"embed needs {', '.join(missing)}, e.g. embed --module "
+                             "exported/elmo/3 --input corpus.txt --output embeddings.hdf5")
+    if FLAGS.runner is not None:
+        # apache-beam (every release through 2.77) pins protobuf < 7; this project's
+        # environment runs protobuf 7, so the two cannot share a venv without a downgrade.
+        print(f"error: --runner {FLAGS.runner}: the Apache Beam path is not available: "
+              "apache-beam requires protobuf < 7 and hub_export's environment runs protobuf 7 "
+              "(see the README, 'Corpus workflows'); leave out --runner to embed locally",
+              file=sys.stderr)
+        return 2
+    from hub_export.embed import embed
+    from hub_export.errors import HubExportError
+
+    try:
+        result = embed(FLAGS.module, FLAGS.input, FLAGS.output, layers=FLAGS.layers,
+                       batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens,
+                       window=FLAGS.window, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
+                       progress=None if FLAGS.quiet else sys.stderr)
+    except HubExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; what was embedded is kept in {FLAGS.output}.parts/: run "
+              "again with --resume to finish", file=sys.stderr)
+        return 130
+    print(result.path)
+    return 0
+
+
+def dump_token_embeddings_main() -> int:
+    missing = [f"--{name}" for name in ("options", "weights", "vocab", "output")
+               if getattr(FLAGS, name) is None]
+    if missing:
+        raise app.UsageError(f"dump-token-embeddings needs {', '.join(missing)}, e.g. "
+                             "--options options.json --weights weights.hdf5 --vocab vocab.txt "
+                             "--output tokens.hdf5")
+    from hub_export.errors import HubExportError
+    from hub_export.progress import Progress
+    from hub_export.token_embeddings import DEFAULT_BATCH_SIZE, dump_token_embeddings
+
+    # --batch-size means sentences for embed; words are far cheaper, so batch more of them.
+    batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else DEFAULT_BATCH_SIZE
+    try:
+        path = dump_token_embeddings(FLAGS.vocab, FLAGS.options, FLAGS.weights, FLAGS.output,
+                                     overwrite=FLAGS.overwrite, batch_size=batch_size,
+                                     progress=Progress(2, stream=None if FLAGS.quiet else sys.stderr))
     except HubExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,195 @@
+"""Cost of `python -m hub_export embed` on a large corpus: memory growth and speed.
+
+    python benchmarks/bench_embed.py [--lines 100000] [--batch-size 64] [--layers all]
+
+Exports the bilm-tf fixture model (../shared/fixtures/bilm-tf) into a temporary
+directory, writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, about
+25 on average, 1% empty lines, words drawn from a Zipf-like vocabulary) and prints:
+
+* peak RSS of `embed` (its process plus the assembling process it starts) over the
+  whole corpus and over its first 1,000 lines, each run in a fresh process, and the
+  difference: memory must not grow with the corpus;
+* tokens/s of `embed` (first batch to the output file in place: reading, batching,
+  the module, both hdf5 writes) against the module's own tokens/s at the same batch
+  size, its `tokens` signature called on batches already built as tensors: (a) the
+  same length-sorted batches embed makes (the strict baseline), and (b) batches of
+  consecutive lines, padded to their longest (what calling the module on the corpus in
+  order gives). The module is timed before and after the embed run, and the mean used,
+  since a shared machine's speed drifts.
+
+This is a script that prints figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FIXTURE = REPO.parent / "shared" / "fixtures" / "bilm-tf"
+
+# Run in a child process. Peak RSS is the kernel's high-water mark (VmHWM) of the embed
+# process plus that of the assembling process it starts (sampled while it runs). Not
+# ru_maxrss: a process started by vfork + exec inherits its parent's high-water mark
+# there, so it would report the bench's own memory.
+CHILD = """
+import glob, json, sys, threading, time
+from hub_export.embed import embed
+
+
+def hwm_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+
+
+helper_peak = [0]
+
+
+def sample():
+    while True:
+        for path in glob.glob("/proc/self/task/*/children"):
+            for pid in open(path).read().split():
+                try:
+                    helper_peak[0] = max(helper_peak[0], hwm_kib(pid))
+                except (OSError, TypeError):
+                    pass
+        time.sleep(0.1)
+
+
+threading.Thread(target=sample, daemon=True).start()
+r = embed(sys.argv[1], sys.argv[2], sys.argv[3], layers=sys.argv[4], batch_size=int(sys.argv[5]))
+print(json.dumps({"lines": r.lines, "tokens": r.tokens, "seconds": r.seconds,
+                  "embed_mb": hwm_kib("self") / 1024, "assembler_mb": helper_peak[0] / 1024}))
+"""
+
+
+def write_corpus(path: Path, n_lines: int, seed: int = 0) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, rng.integers(1, 12))) for _ in range(20000)]
+    weights = 1.0 / np.arange(1, len(vocab) + 1)
+    weights /= weights.sum()
+    with open(path, "w") as f:
+        for _ in range(n_lines):
+            n = 0 if rng.random() < 0.01 else int(np.clip(rng.gamma(4.0, 6.5), 1, 60))
+            f.write(" ".join(vocab[i] for i in rng.choice(len(vocab), n, p=weights)) + "\n")
+
+
+def run_embed(module: Path, corpus: Path, output: Path, layers: str, batch_size: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(module), str(corpus), str(output),
+                           layers, str(batch_size)], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        sys.exit(f"embed failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = result["embed_mb"] + result["assembler_mb"]
+    return result
+
+
+def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: str,
+                      max_lines: int) -> dict[str, float]:
+    """tokens/s of the signature alone on the first max_lines lines: sorted and in order."""
+    import tensorflow as tf
+
+    from hub_export.embed import DEFAULT_MAX_TOKENS, WINDOW_BATCHES, length_batches, load_module
+
+    module = load_module(module_path)
+    names = {"all": ["word_emb"] + [f"lstm_outputs{j}" for j in range(1, module.n_layers + 1)],
+             "elmo": ["elmo"], "default": ["default"]}[layers]
+    sentences = []
+    with open(corpus) as f:
+        for _, line in zip(range(max_lines), f):
+            tokens = line.split()
+            for start in range(0, len(tokens), DEFAULT_MAX_TOKENS):
+                sentences.append(tokens[start: start + DEFAULT_MAX_TOKENS])
+    n_tokens = sum(len(s) for s in sentences)
+
+    def tensors(rows):
+        T = max(len(r) for r in rows)
+        return (tf.constant([r + [""] * (T - len(r)) for r in rows]),
+                tf.constant([len(r) for r in rows], tf.int32))
+
+    window = WINDOW_BATCHES * batch_size
+    sorted_batches = []
+    for w in range(0, len(sentences), window):
+        chunk = sentences[w: w + window]
+        for batch in length_batches([len(s) for s in chunk], batch_size):
+            sorted_batches.append(tensors([chunk[i] for i in batch]))
+    in_order = [tensors(sentences[i: i + batch_size]) for i in range(0, len(sentences), batch_size)]
+
+    def rate(batches) -> float:
+        for tokens, lengths in batches[:3]:  # warm-up: first calls trace and allocate
+            module.fn(tokens=tokens, sequence_len=lengths)
+        start = time.perf_counter()
+        for tokens, lengths in batches:
+            out = module.fn(tokens=tokens, sequence_len=lengths)
+            for name in names:
+                out[name].numpy()
+        return n_tokens / (time.perf_counter() - start)
+
+    return {"sorted": rate(sorted_batches), "in_order": rate(in_order)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--small-lines", type=int, default=1_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--layers", default="all", choices=["all", "elmo", "default"])
+    parser.add_argument("--module-lines", type=int, default=20_000,
+                        help="lines used to time the module alone")
+    args = parser.parse_args()
+    if not (FIXTURE / "lm_weights.hdf5").exists():
+        sys.exit(f"the bilm-tf fixture model is not at {FIXTURE}")
+
+    from hub_export.export import export
+
+    with tempfile.TemporaryDirectory(prefix="bench_embed-") as tmp:
+        tmp = Path(tmp)
+        module = export(1, FIXTURE / "options.json", FIXTURE / "lm_weights.hdf5",
+                        output_dir=tmp / "exported", write_warmup=False).path
+        big, small = tmp / "corpus.txt", tmp / "corpus-small.txt"
+        write_corpus(big, args.lines)
+        with open(big) as f, open(small, "w") as g:
+            for _, line in zip(range(args.small_lines), f):
+                g.write(line)
+
+        few = run_embed(module, small, tmp / "small.hdf5", args.layers, args.batch_size)
+        before = module_throughput(module, big, args.batch_size, args.layers, args.module_lines)
+        many = run_embed(module, big, tmp / "big.hdf5", args.layers, args.batch_size)
+        after = module_throughput(module, big, args.batch_size, args.layers, args.module_lines)
+        size_mb = (tmp / "big.hdf5").stat().st_size / 2**20
+
+    rate = many["tokens"] / many["seconds"]
+    own = {k: (before[k] + after[k]) / 2 for k in before}
+    print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; fixture model; "
+          f"--layers {args.layers} --batch-size {args.batch_size}; {os.cpu_count()} CPUs")
+    print(f"peak RSS (embed process + assembling process): {few['peak_rss_mb']:.0f} MB "
+          f"({few['embed_mb']:.0f} + {few['assembler_mb']:.0f}) for {few['lines']:,} lines, "
+          f"{many['peak_rss_mb']:.0f} MB ({many['embed_mb']:.0f} + {many['assembler_mb']:.0f}) "
+          f"for {many['lines']:,} lines: growth {many['peak_rss_mb'] - few['peak_rss_mb']:+.0f} MB "
+          "(limit +200 MB)")
+    print(f"embed: {rate:,.0f} tokens/s, {many['lines'] / many['seconds']:,.0f} sentences/s, "
+          f"{many['seconds']:.1f} s, output {size_mb:,.0f} MB")
+    print(f"module alone, embed's length-sorted batches: {own['sorted']:,.0f} tokens/s "
+          f"(before {before['sorted']:,.0f}, after {after['sorted']:,.0f}); "
+          f"embed/module = {rate / own['sorted']:.2f}")
+    print(f"module alone, batches of consecutive lines: {own['in_order']:,.0f} tokens/s "
+          f"(before {before['in_order']:,.0f}, after {after['in_order']:,.0f}); "
+          f"embed/module = {rate / own['in_order']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
