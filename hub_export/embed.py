@@ -53,6 +53,7 @@ import tensorflow as tf
 from hub_export.embed_store import (ASSEMBLING, LOCK_FILE, RUN_FILE, SENTENCE_DATASET,
                                     AssemblerProcess, EmbedError, Window, locked, parts_dir,
                                     read_part, write_json)
+from hub_export.textfiles import open_user_file
 
 LAYER_CHOICES = ("all", "elmo", "default")
 DEFAULT_BATCH_SIZE = 64
@@ -197,14 +198,7 @@ class CorpusInfo:
 
 
 def _open_input(path: Path) -> IO[bytes]:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise EmbedError(f"--input: {path}: file not found") from None
-    except IsADirectoryError:
-        raise EmbedError(f"--input: {path} is a directory, not a text file") from None
-    except OSError as e:
-        raise EmbedError(f"--input: {path}: cannot read: {e.strerror or e}") from None
+    return open_user_file(path, "--input", "text file", EmbedError)
 
 
 def scan_corpus(path: str | os.PathLike) -> CorpusInfo:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from hub_export.bilm import BiLM
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, encode_tokens, token_char_ids
 from hub_export.errors import HubExportError
+from hub_export.textfiles import open_user_file
 
 _CHUNK = 2048  # words per char-CNN batch while filling the table
 
@@ -27,12 +28,8 @@ _CHUNK = 2048  # words per char-CNN batch while filling the table
 def read_vocab(path: str | os.PathLike) -> list[str]:
     """One token a line; blank lines and repeats dropped; `<S>` and `</S>` always in."""
     path = os.fspath(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise HubExportError(f"--vocab: {path}: file not found") from None
-    except OSError as e:
-        raise HubExportError(f"--vocab: {path}: cannot read: {e.strerror or e}") from None
+    with open_user_file(path, "--vocab", "vocabulary file") as f:
+        raw = f.read()
     words, seen = [], set()
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:

@@ -37,6 +37,7 @@ from hub_export.bilm import BiLM
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.errors import HubExportError
 from hub_export.progress import Progress
+from hub_export.textfiles import open_user_file
 
 UNK_TOKEN = "<UNK>"
 SKIPPED_LINE = "!!!MAXTERMID"  # bilm-tf's Vocabulary drops lines reading this
@@ -65,14 +66,8 @@ class Vocabulary:
         self.lines: list[int] = []  # line number of each word, for messages
         self._ids: dict[str, int] = {}
         self.bos = self.eos = self.unk = -1
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            raise VocabError(f"--vocab: {self.path}: file not found") from None
-        except IsADirectoryError:
-            raise VocabError(f"--vocab: {self.path} is a directory, not a vocabulary file") from None
-        except OSError as e:
-            raise VocabError(f"--vocab: {self.path}: cannot read: {e.strerror or e}") from None
+        with open_user_file(self.path, "--vocab", "vocabulary file", VocabError) as f:
+            raw = f.read()
         # Python's line iteration, as bilm-tf's `for line in f` (a final newline ends the
         # last line rather than starting an empty one).
         for number, line in enumerate(raw.splitlines(keepends=True), start=1):
