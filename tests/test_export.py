@@ -302,3 +302,18 @@ def test_archive_served_over_http(small_export, tmp_path, monkeypatch):
     a, b = remote.signatures["default"](default=x), local.signatures["default"](default=x)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_no_python_in_the_saved_graph(small_export):
+    """TF Serving and other languages cannot run Python: no py_function ops anywhere."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((small_export[0].path / "saved_model.pb").read_bytes())
+    ops = set()
+    for meta in saved.meta_graphs:
+        ops.update(node.op for node in meta.graph_def.node)
+        for function in meta.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    assert "While" in ops or "StatelessWhile" in ops  # the walk reached the function bodies
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
