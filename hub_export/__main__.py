@@ -29,6 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
+from hub_export.errors import HubExportError  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("version", None, "Version number: the export goes to "
@@ -129,15 +131,21 @@ def _undash(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
-    if argv[1:] == ["serving-config"]:
-        return serving_config_main()
-    if argv[1:] == ["embed"]:
-        return embed_main()
-    if argv[1:] == ["dump-token-embeddings"]:
-        return dump_token_embeddings_main()
-    if len(argv) > 1:
+    commands = {"serving-config": serving_config_main, "embed": embed_main,
+                "dump-token-embeddings": dump_token_embeddings_main}
+    if len(argv) > 1 and (len(argv) > 2 or argv[1] not in commands):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the commands are "
                              f"{', '.join(_COMMANDS)}; an export takes flags only)")
+    command = commands[argv[1]] if len(argv) > 1 else export_main
+    # Every command reports bad input the same way: one line naming it, exit status 2.
+    try:
+        return command()
+    except HubExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def export_main() -> int:
     if FLAGS.version is None:
         raise app.UsageError("--version is required: the version number to export, e.g. --version 3")
     if (FLAGS.options is None) != (FLAGS.weights is None):
@@ -146,35 +154,30 @@ def main(argv: list[str]) -> int:
                              f"--weights={FLAGS.weights})")
     # Heavy imports after flag parsing, so that --help and usage errors are instant.
     from hub_export.elmo_module import ExportConfig
-    from hub_export.errors import HubExportError
     from hub_export.export import export
     from hub_export.progress import Progress
     from hub_export.warmup import read_sentences_file
 
-    try:
-        warmup_sentences = read_sentences_file(FLAGS.warmup_file) if FLAGS.warmup_file else None
-        mix_init = None
-        if FLAGS.scalar_mix_init is not None:
-            try:
-                mix_init = tuple(float(v) for v in FLAGS.scalar_mix_init)
-            except ValueError:
-                raise HubExportError(f"--scalar-mix-init: expected numbers like 0,0,1, got "
-                                     f"{','.join(FLAGS.scalar_mix_init)}") from None
-        config = ExportConfig(trainable=FLAGS.trainable, layer_norm=FLAGS.layer_norm,
-                              scalar_mix_init=mix_init, freeze_mix=FLAGS.freeze_mix,
-                              l2_coef=FLAGS.l2_coef, dropout=FLAGS.dropout,
-                              projection_dim=FLAGS.projection_dim,
-                              compute_dtype=FLAGS.compute_dtype)
-        steps = 3 + bool(FLAGS.archive) + bool(FLAGS.vocab)
-        progress = Progress(steps, stream=None if FLAGS.quiet else sys.stderr)
-        result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
-                        name=FLAGS.name, config=config, archive=FLAGS.archive,
-                        overwrite=FLAGS.overwrite, progress=progress,
-                        warmup_sentences=warmup_sentences, write_warmup=FLAGS.warmup,
-                        vocab_path=FLAGS.vocab)
-    except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    warmup_sentences = read_sentences_file(FLAGS.warmup_file) if FLAGS.warmup_file else None
+    mix_init = None
+    if FLAGS.scalar_mix_init is not None:
+        try:
+            mix_init = tuple(float(v) for v in FLAGS.scalar_mix_init)
+        except ValueError:
+            raise HubExportError(f"--scalar-mix-init: expected numbers like 0,0,1, got "
+                                 f"{','.join(FLAGS.scalar_mix_init)}") from None
+    config = ExportConfig(trainable=FLAGS.trainable, layer_norm=FLAGS.layer_norm,
+                          scalar_mix_init=mix_init, freeze_mix=FLAGS.freeze_mix,
+                          l2_coef=FLAGS.l2_coef, dropout=FLAGS.dropout,
+                          projection_dim=FLAGS.projection_dim,
+                          compute_dtype=FLAGS.compute_dtype)
+    steps = 3 + bool(FLAGS.archive) + bool(FLAGS.vocab)
+    progress = Progress(steps, stream=None if FLAGS.quiet else sys.stderr)
+    result = export(FLAGS.version, FLAGS.options, FLAGS.weights, output_dir=FLAGS.output_dir,
+                    name=FLAGS.name, config=config, archive=FLAGS.archive,
+                    overwrite=FLAGS.overwrite, progress=progress,
+                    warmup_sentences=warmup_sentences, write_warmup=FLAGS.warmup,
+                    vocab_path=FLAGS.vocab)
     print(result.path)
     if result.archive:
         print(result.archive)
@@ -182,21 +185,16 @@ def main(argv: list[str]) -> int:
 
 
 def serving_config_main() -> int:
-    from hub_export.errors import HubExportError
     from hub_export.serving_config import parse_labels, write_config
 
-    try:
-        versions = None
-        if FLAGS.versions:
-            if not all(v.strip().isdigit() for v in FLAGS.versions):
-                raise HubExportError(f"--versions: expected version numbers like 2,3, got "
-                                     f"{','.join(FLAGS.versions)}")
-            versions = [int(v) for v in FLAGS.versions]
-        path = write_config(FLAGS.base, name=FLAGS.name, versions=versions, latest=FLAGS.latest,
-                            labels=parse_labels(FLAGS.label), serving_root=FLAGS.serving_root)
-    except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    versions = None
+    if FLAGS.versions:
+        if not all(v.strip().isdigit() for v in FLAGS.versions):
+            raise HubExportError(f"--versions: expected version numbers like 2,3, got "
+                                 f"{','.join(FLAGS.versions)}")
+        versions = [int(v) for v in FLAGS.versions]
+    path = write_config(FLAGS.base, name=FLAGS.name, versions=versions, latest=FLAGS.latest,
+                        labels=parse_labels(FLAGS.label), serving_root=FLAGS.serving_root)
     print(path)
     return 0
 
@@ -209,22 +207,17 @@ def embed_main() -> int:
     if FLAGS.runner is not None:
         # apache-beam (every release through 2.77) pins protobuf < 7; this project's
         # environment runs protobuf 7, so the two cannot share a venv without a downgrade.
-        print(f"error: --runner {FLAGS.runner}: the Apache Beam path is not available: "
-              "apache-beam requires protobuf < 7 and hub_export's environment runs protobuf 7 "
-              "(see the README, 'Corpus workflows'); leave out --runner to embed locally",
-              file=sys.stderr)
-        return 2
+        raise HubExportError(
+            f"--runner {FLAGS.runner}: the Apache Beam path is not available: apache-beam "
+            "requires protobuf < 7 and hub_export's environment runs protobuf 7 (see the "
+            "README, 'Corpus workflows'); leave out --runner to embed locally")
     from hub_export.embed import embed
-    from hub_export.errors import HubExportError
 
     try:
         result = embed(FLAGS.module, FLAGS.input, FLAGS.output, layers=FLAGS.layers,
                        batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens,
                        window=FLAGS.window, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                        progress=None if FLAGS.quiet else sys.stderr)
-    except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"error: interrupted; what was embedded is kept in {FLAGS.output}.parts/: run "
               "again with --resume to finish", file=sys.stderr)
@@ -240,19 +233,14 @@ def dump_token_embeddings_main() -> int:
         raise app.UsageError(f"dump-token-embeddings needs {', '.join(missing)}, e.g. "
                              "--options options.json --weights weights.hdf5 --vocab vocab.txt "
                              "--output tokens.hdf5")
-    from hub_export.errors import HubExportError
     from hub_export.progress import Progress
     from hub_export.token_embeddings import DEFAULT_BATCH_SIZE, dump_token_embeddings
 
     # --batch-size means sentences for embed; words are far cheaper, so batch more of them.
     batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else DEFAULT_BATCH_SIZE
-    try:
-        path = dump_token_embeddings(FLAGS.vocab, FLAGS.options, FLAGS.weights, FLAGS.output,
-                                     overwrite=FLAGS.overwrite, batch_size=batch_size,
-                                     progress=Progress(2, stream=None if FLAGS.quiet else sys.stderr))
-    except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = dump_token_embeddings(FLAGS.vocab, FLAGS.options, FLAGS.weights, FLAGS.output,
+                                 overwrite=FLAGS.overwrite, batch_size=batch_size,
+                                 progress=Progress(2, stream=None if FLAGS.quiet else sys.stderr))
     print(path)
     return 0
 

@@ -144,3 +144,12 @@ def session(small_path):
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], small_path)
     yield sess, meta
     sess.close()
+
+
+def run_session(session, name: str, feeds: dict) -> dict:
+    """Runs signature `name` on the session loader, as TF Serving does: feeds by tensor name."""
+    sess, meta = session
+    sig = meta.signature_def[name]
+    assert set(feeds) == set(sig.inputs), name
+    feed_dict = {sig.inputs[key].name: value for key, value in feeds.items()}
+    return sess.run({key: info.name for key, info in sig.outputs.items()}, feed_dict=feed_dict)

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from hub_export import serving
 from hub_export.errors import HubExportError, InputError
+from conftest import run_session
 
 ATOL = 1e-6
 SENTENCES = ["the cat sat on the mat .", "a dog barked", "Zürich's café ☕ opens early", "hello"]
@@ -25,13 +26,6 @@ FORMS = ["instances", "inputs"]
 
 
 
-
-def run_session(session, name: str, feeds: dict) -> dict:
-    sess, meta = session
-    sig = meta.signature_def[name]
-    assert set(feeds) == set(sig.inputs), name
-    feed_dict = {sig.inputs[key].name: value for key, value in feeds.items()}
-    return sess.run({key: info.name for key, info in sig.outputs.items()}, feed_dict=feed_dict)
 
 
 def run_hub(loaded, name: str, feeds: dict) -> dict:

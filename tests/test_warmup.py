@@ -14,6 +14,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from hub_export import warmup
 from hub_export.errors import HubExportError, InputError
+from conftest import run_session
 
 ATOL = 1e-6
 SIGNATURE_NAMES = ("default", "serving_default", "tokens")
@@ -51,13 +52,6 @@ def warmup_file(request, small_path, written_file):
         pytest.skip(f"the export has no {'/'.join(WARMUP_PATH)} (exporter did not write one)")
     return path
 
-
-def run_session(session, name: str, feeds: dict) -> dict:
-    sess, meta = session
-    sig = meta.signature_def[name]
-    assert set(feeds) == set(sig.inputs), name
-    feed_dict = {sig.inputs[key].name: value for key, value in feeds.items()}
-    return sess.run({key: info.name for key, info in sig.outputs.items()}, feed_dict=feed_dict)
 
 
 def assert_outputs_close(got: dict, expected: dict, context: str) -> None:
