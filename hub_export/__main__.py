@@ -13,6 +13,13 @@ Usage:
     python -m hub_export dump-token-embeddings --options options.json --weights weights.hdf5 \
         --vocab vocab.txt --output tokens.hdf5
         bilm-tf's token-embedding file for a vocabulary
+    python -m hub_export train --train-prefix 'data/train/*.txt' --vocab vocab.txt \
+        --options options.json --save-dir ckpt/
+        train a biLM (bilm-tf's scheme); --restart continues it
+    python -m hub_export evaluate --test-prefix 'data/test/*.txt' --vocab vocab.txt --save-dir ckpt/
+        held-out perplexity of a checkpoint (or of --options/--weights)
+    python -m hub_export dump-weights --save-dir ckpt/ --outfile weights.hdf5 --options-out options.json
+        the checkpoint as a weight file and inference options, ready to export
 
 Errors in what you give are printed as one message naming the file, key, flag or
 value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
@@ -54,7 +61,8 @@ flags.DEFINE_list("scalar_mix_init", None, "Initial layer-mix weights before the
 flags.DEFINE_bool("freeze_mix", False, "Make the mix weights and scale non-trainable.")
 flags.DEFINE_float("l2_coef", 0.0, "L2 regularization coefficient on the mix weights "
                    "(exposed as the module's regularization_losses).")
-flags.DEFINE_float("dropout", 0.0, "Dropout rate on `elmo` when called with training=True.")
+flags.DEFINE_float("dropout", 0.0, "Export: dropout rate on `elmo` when called with "
+                   "training=True. train: dropout on the LSTM inputs and output (default 0.1).")
 flags.DEFINE_integer("projection_dim", None, "Add a trainable projection of `elmo` and "
                      "`default` to this width.", lower_bound=1)
 flags.DEFINE_string("vocab", None, "A vocabulary file (one token a line): the token "
@@ -112,9 +120,46 @@ flags.DEFINE_bool("resume", False, "embed: finish a run that was killed or stopp
                   "<output>.parts/: lines already saved are neither recomputed nor rewritten.")
 flags.DEFINE_string("runner", None, "embed: an Apache Beam runner (DirectRunner, DataflowRunner, "
                     "...). Not available in this build: see the README, 'Corpus workflows'.")
-_DASHED.update({name.replace("_", "-"): name for name in ("batch_size", "max_tokens")})
-_BOOLEANS = _BOOLEANS + ("resume",)
-_COMMANDS = ("serving-config", "embed", "dump-token-embeddings")
+
+# train / evaluate / dump-weights (bilm-tf's training, in TF2)
+flags.DEFINE_string("train_prefix", None, "train: a glob of training files, one tokenized "
+                    "sentence per line, e.g. 'data/train/*.txt' (quote it).")
+flags.DEFINE_string("test_prefix", None, "evaluate (and train, optionally): a glob of held-out "
+                    "files; train evaluates them at the start and at every checkpoint.")
+flags.DEFINE_string("save_dir", None, "train, evaluate, dump-weights: the checkpoint folder.")
+flags.DEFINE_bool("restart", False, "train: continue from the latest checkpoint in --save-dir, "
+                  "at its step.")
+flags.DEFINE_list("restart_from_weights", None, "train: OPTIONS,WEIGHTS: start from an existing "
+                  "weight file (fine-tuning on new text) with its vocabulary as --vocab.")
+flags.DEFINE_integer("unroll_steps", 20, "train, evaluate: tokens per window (gradients are cut "
+                     "at window boundaries; the LSTM state is carried).", lower_bound=1)
+flags.DEFINE_integer("epochs", 10, "train: passes over --n-train-tokens.", lower_bound=1)
+flags.DEFINE_integer("n_train_tokens", None, "train: words in the training data (bilm-tf's "
+                     "n_train_tokens; one epoch is n_train_tokens / (batch x unroll) steps); "
+                     "default: counted from the files.", lower_bound=1)
+flags.DEFINE_integer("n_negative_samples", 8192, "train: negatives of the sampled softmax; the "
+                     "full softmax is used when the vocabulary is not larger.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 0.2, "train: Adagrad's learning rate.")
+flags.DEFINE_float("clip_norm", 10.0, "train: global gradient-norm clip.")
+flags.DEFINE_integer("seed", 0, "train: initial weights, data order, dropout, negatives.")
+flags.DEFINE_integer("checkpoint_every", 1250, "train: steps between checkpoints.", lower_bound=1)
+flags.DEFINE_integer("log_every", 100, "train: steps between progress lines.", lower_bound=1)
+flags.DEFINE_integer("max_steps", None, "train: stop after this many steps in all.", lower_bound=1)
+flags.DEFINE_bool("check_vocab_order", True, "train: refuse a vocabulary whose words are not "
+                  "sorted by descending count in the training files.")
+flags.DEFINE_string("outfile", None, "dump-weights: the weight file to write.")
+flags.DEFINE_string("options_out", None, "dump-weights: also write the options for inference.")
+flags.DEFINE_bool("include_softmax", False, "dump-weights: also write softmax/W and softmax/b "
+                  "(ignored by readers of the standard layout; lets `evaluate --weights` and "
+                  "`train --restart-from-weights` use the softmax).")
+
+_DASHED.update({name.replace("_", "-"): name for name in (
+    "batch_size", "max_tokens", "train_prefix", "test_prefix", "save_dir", "restart_from_weights",
+    "unroll_steps", "n_train_tokens", "n_negative_samples", "learning_rate", "clip_norm",
+    "checkpoint_every", "log_every", "max_steps", "check_vocab_order", "options_out",
+    "include_softmax")})
+_BOOLEANS = _BOOLEANS + ("resume", "restart", "check_vocab_order", "include_softmax")
+_COMMANDS = ("serving-config", "embed", "dump-token-embeddings", "train", "evaluate", "dump-weights")
 
 
 def _undash(argv: list[str]) -> list[str]:
@@ -132,7 +177,8 @@ def _undash(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
     commands = {"serving-config": serving_config_main, "embed": embed_main,
-                "dump-token-embeddings": dump_token_embeddings_main}
+                "dump-token-embeddings": dump_token_embeddings_main, "train": train_main,
+                "evaluate": evaluate_main, "dump-weights": dump_weights_main}
     if len(argv) > 1 and (len(argv) > 2 or argv[1] not in commands):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the commands are "
                              f"{', '.join(_COMMANDS)}; an export takes flags only)")
@@ -242,6 +288,61 @@ def dump_token_embeddings_main() -> int:
                                  overwrite=FLAGS.overwrite, batch_size=batch_size,
                                  progress=Progress(2, stream=None if FLAGS.quiet else sys.stderr))
     print(path)
+    return 0
+
+
+def _require(command: str, names: tuple[str, ...], example: str) -> None:
+    missing = [f"--{name.replace('_', '-')}" for name in names if getattr(FLAGS, name) is None]
+    if missing:
+        raise app.UsageError(f"{command} needs {', '.join(missing)}, e.g. {command} {example}")
+
+
+def train_main() -> int:
+    _require("train", ("train_prefix", "vocab", "save_dir"), "--train-prefix 'data/train/*.txt' "
+             "--vocab vocab.txt --options options.json --save-dir ckpt/")
+    restart_from = FLAGS.restart_from_weights
+    if restart_from is not None and len(restart_from) != 2:
+        raise app.UsageError("--restart-from-weights takes OPTIONS,WEIGHTS, e.g. "
+                             "--restart-from-weights options.json,weights.hdf5")
+    from hub_export.trainer import TrainConfig, train
+
+    # bilm-tf's batch size; embed's default of 64 sentences is another quantity.
+    batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else TrainConfig.batch_size
+    config = TrainConfig(batch_size=batch_size, unroll_steps=FLAGS.unroll_steps,
+                         n_epochs=FLAGS.epochs, n_train_tokens=FLAGS.n_train_tokens,
+                         n_negative_samples=FLAGS.n_negative_samples,
+                         dropout=FLAGS.dropout if FLAGS["dropout"].present else TrainConfig.dropout,
+                         learning_rate=FLAGS.learning_rate, clip_norm=FLAGS.clip_norm,
+                         seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,
+                         log_every=FLAGS.log_every)
+    result = train(FLAGS.train_prefix, FLAGS.vocab, FLAGS.save_dir, options_path=FLAGS.options,
+                   config=config, restart=FLAGS.restart,
+                   restart_from_weights=tuple(restart_from) if restart_from else None,
+                   check_vocab_order=FLAGS.check_vocab_order, test_prefix=FLAGS.test_prefix,
+                   max_steps=FLAGS.max_steps, log=None if FLAGS.quiet else sys.stderr)
+    print(f"{result.save_dir}: step {result.step}")
+    return 0
+
+
+def evaluate_main() -> int:
+    _require("evaluate", ("test_prefix", "vocab"), "--test-prefix 'data/test/*.txt' --vocab "
+             "vocab.txt --save-dir ckpt/")
+    from hub_export.trainer import evaluate
+
+    perplexity, n_tokens = evaluate(FLAGS.test_prefix, FLAGS.vocab, save_dir=FLAGS.save_dir,
+                                    options_path=FLAGS.options, weights_path=FLAGS.weights,
+                                    batch_size=FLAGS.batch_size, unroll_steps=FLAGS.unroll_steps)
+    print(f"perplexity {perplexity:.3f} over {n_tokens} tokens per direction")
+    return 0
+
+
+def dump_weights_main() -> int:
+    _require("dump-weights", ("save_dir", "outfile"), "--save-dir ckpt/ --outfile weights.hdf5 "
+             "--options-out options.json")
+    from hub_export.trainer import dump_weights
+
+    print(dump_weights(FLAGS.save_dir, FLAGS.outfile, options_out=FLAGS.options_out,
+                       include_softmax=FLAGS.include_softmax, overwrite=FLAGS.overwrite))
     return 0
 
 

@@ -57,6 +57,15 @@ class BiLM(tf.Module):
         with WeightReader(weights_path, options) as weights:
             return cls(options, weights, trainable)
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """Every weight in the bilm-tf file layout (float32), what `read_weights` gives for
+        the file these variables came from: the inverse of loading, for dumping a trained
+        biLM."""
+        arrays = {}
+        for part in (self.char_cnn, self.highway, self.projection, self.lstm):
+            arrays.update(part.weight_arrays())
+        return arrays
+
     def embed_char_rows(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [N, C], one token per row -> float32 [N, P]."""
         C = self.options.char_cnn.max_characters_per_token

@@ -43,6 +43,14 @@ class CharCNN(tf.Module):
                 self.biases.append(tf.Variable(weights[f"CNN/b_cnn_{i}"], trainable=trainable,
                                                name=f"conv_{i}/bias"))
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """The variables back in the weight-file layout (no padding row, [1, w, E, n] kernels)."""
+        arrays = {"char_embed": self.char_embed.numpy()[1:]}
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            arrays[f"CNN/W_cnn_{i}"] = kernel.numpy()[None]
+            arrays[f"CNN/b_cnn_{i}"] = bias.numpy()
+        return arrays
+
     def __call__(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [N, C] -> float32 [N, n_filters]."""
         chars = tf.nn.embedding_lookup(self.char_embed, char_ids)  # [N, C, E]

@@ -22,14 +22,14 @@ SEED = 20261124
 OPTIONS = {
     "char_cnn": {
         "embedding": {"dim": 16},
-        "filters": [[1, 16], [2, 16], [3, 32], [4, 64], [5, 128]],
+        "filters": [[1, 16], [2, 16], [3, 32], [4, 32], [5, 32]],
         "n_highway": 2,
         "activation": "relu",
         "n_characters": 262,
         "max_characters_per_token": 50,
     },
     "lstm": {
-        "dim": 512,
+        "dim": 256,
         "projection_dim": 128,
         "n_layers": 2,
         "cell_clip": 3,

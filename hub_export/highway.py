@@ -39,6 +39,11 @@ class Highway(tf.Module):
                                    else tf.Variable(value, trainable=trainable, name=name_))
                 self.layers.append(layer)
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """The variables back in the weight-file layout (float32)."""
+        return {f"CNN_high_{k}/{part}": tf.cast(v, tf.float32).numpy()
+                for k, layer in enumerate(self.layers) for part, v in layer.items()}
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, F]."""
         for layer in self.layers:

@@ -11,8 +11,9 @@ Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 - `W_0` is [input; h_prev] x 4D: rows [:input_dim] act on the input, the rest on h.
   It is split at load so the input half can be applied to all steps at once.
 - Gate order along 4D is i, j, f, o (input, candidate, forget, output).
-- TF adds forget_bias=1.0 to f inside the cell rather than storing it; it is added to
-  the f block of `B` at load instead.
+- TF adds forget_bias=1.0 to f inside the cell rather than storing it; here it is added
+  to the f block of `B` once per call, before the loop (the variable keeps the file's
+  value, so that a trained biLM dumps back exactly).
 - No peepholes. c is clipped to +-cell_clip, the projected h to +-proj_clip, and the
   clipped values are the carried state.
 """
@@ -60,8 +61,7 @@ class BiLSTM(tf.Module):
                     prefix = LSTM_PREFIX.format(direction=d, layer=layer)
                     w0 = weights[f"{prefix}/W_0"]  # [in + P, 4D], rows [x; h]
                     input_dim = w0.shape[0] - P
-                    bias = weights[f"{prefix}/B"].copy()  # [4D], blocks i, j, f, o
-                    bias[2 * D:3 * D] += FORGET_BIAS
+                    bias = weights[f"{prefix}/B"]  # [4D], blocks i, j, f, o
                     scope = f"lstm_{layer}/{direction}"
                     pair.append({
                         "input_kernel": matrix_variable(w0[:input_dim], dtype, trainable,
@@ -74,14 +74,27 @@ class BiLSTM(tf.Module):
                     })
                 self.cells.append(pair)
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """The variables back in the weight-file layout: W_0 = [input; recurrent] kernels,
+        B, W_P_0."""
+        arrays = {}
+        for layer, pair in enumerate(self.cells):
+            for d, cell in enumerate(pair):
+                prefix = LSTM_PREFIX.format(direction=d, layer=layer)
+                v = {k: tf.cast(t, tf.float32).numpy() for k, t in cell.items()}
+                arrays[f"{prefix}/W_0"] = np.concatenate([v["input_kernel"], v["recurrent_kernel"]])
+                arrays[f"{prefix}/B"] = v["bias"]
+                arrays[f"{prefix}/W_P_0"] = v["projection"]
+        return arrays
+
     def zero_state(self, batch_size: tf.Tensor) -> list[LayerState]:
         o = self.options
         return [(tf.zeros([2, batch_size, o.dim]), tf.zeros([2, batch_size, o.projection_dim]))
                 for _ in range(o.n_layers)]
 
     def __call__(self, inputs: tf.Tensor, mask: tf.Tensor,
-                 initial_state: Sequence[LayerState] | None = None
-                 ) -> tuple[list[tf.Tensor], list[LayerState]]:
+                 initial_state: Sequence[LayerState] | None = None, dropout: float = 0.0,
+                 seed: tf.Tensor | None = None) -> tuple[list[tf.Tensor], list[LayerState]]:
         """Runs every layer of both directions.
 
         Args:
@@ -89,6 +102,11 @@ class BiLSTM(tf.Module):
                 backward stack reads each row from its own last valid step.
             mask: bool [T, B], True at valid steps (the same in both frames).
             initial_state: per layer (c, h); zeros when None.
+            dropout: float. Training only: the rate of dropout on every layer's input, as
+                bilm-tf's DropoutWrapper(input_keep_prob) around the residual cell, so the
+                skip connection adds the dropped input.
+            seed: int32 [2] stateless-random seed for the dropout masks (required with
+                dropout), so that a training step is reproducible.
 
         Returns:
             (outputs, final_state): per layer [2, T, B, P] (residual included where skip
@@ -102,6 +120,8 @@ class BiLSTM(tf.Module):
         outputs, final_state = [], []
         x = inputs
         for layer in range(o.n_layers):
+            if dropout:
+                x = tf.nn.experimental.stateless_dropout(x, dropout, seed + layer)
             h_seq, state = self._layer(layer, x, mask, initial_state[layer])
             if o.use_skip_connections and layer > 0:
                 h_seq = h_seq + x
@@ -117,11 +137,12 @@ class BiLSTM(tf.Module):
         # Read the variables into tensors here, outside the loop: a resource read inside
         # a while_loop body breaks a second gradient after save/load.
         cells = [{k: tf.convert_to_tensor(v) for k, v in cell.items()} for cell in self.cells[layer]]
+        forget = tf.concat([tf.zeros([2 * o.dim]), tf.fill([o.dim], FORGET_BIAS), tf.zeros([o.dim])], 0)
         # The input half of all gates for all steps: one GEMM per direction.
         gates_x = []
         for d, cell in enumerate(cells):
             flat = tf.reshape(x[d], [-1, tf.shape(x)[3]])  # [T*B, in]
-            gx = matmul(flat, cell["input_kernel"]) + cell["bias"]
+            gx = matmul(flat, cell["input_kernel"]) + (cell["bias"] + forget)
             gates_x.append(tf.reshape(gx, [steps, batch, 4 * o.dim]))  # [T, B, 4D]
         mask = mask[:, :, None]  # [T, B, 1]
 

@@ -27,6 +27,13 @@ class Projection(tf.Module):
                 self.kernel = matrix_variable(weights["CNN_proj/W_proj"], dtype, trainable, "kernel")
                 self.bias = tf.Variable(weights["CNN_proj/b_proj"], trainable=trainable, name="bias")
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """The variables back in the weight-file layout; empty without a projection."""
+        if self.kernel is None:
+            return {}
+        return {"CNN_proj/W_proj": tf.cast(self.kernel, tf.float32).numpy(),
+                "CNN_proj/b_proj": self.bias.numpy()}
+
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         """x float32 [N, F] -> [N, P]."""
         if self.kernel is None:

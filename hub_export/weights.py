@@ -23,6 +23,11 @@ from hub_export.options import BiLMOptions
 
 LSTM_PREFIX = "RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
 DIRECTIONS = ("forward", "backward")  # RNN_0 is the forward stack, RNN_1 the backward one
+# The language model's output softmax. bilm-tf leaves it out of weight files; `dump-weights
+# --include-softmax` adds it so that a file alone can be evaluated or trained further.
+# Readers that look datasets up by name (bilm-tf, AllenNLP, this exporter) ignore it.
+SOFTMAX_W = "softmax/W"
+SOFTMAX_B = "softmax/b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +142,7 @@ class WeightReader(Mapping):
         except (OSError, RuntimeError) as e:
             raise WeightsError(f"{path}: cannot list the datasets (truncated file?): {e}") from None
         missing = [s for n, s in self.specs.items() if n not in present]
-        extra = sorted(present - set(self.specs))
+        extra = sorted(present - set(self.specs) - {SOFTMAX_W, SOFTMAX_B})
         if missing or extra:
             lines = [f"{path}: the datasets do not match the options"]
             lines += [f"  missing dataset {s.name}, expected shape {s.shape}" for s in missing]
@@ -172,6 +177,28 @@ class WeightReader(Mapping):
                 f"{path}: dataset {spec.name} has non-finite values ({n_nan} NaN, "
                 f"{n_inf} Inf; the first at index {list(first)}); expected finite weights")
         return value
+
+    def softmax(self) -> dict[str, np.ndarray] | None:
+        """`softmax/W` [V, P] and `softmax/b` [V] when the file has them (else None)."""
+        f, path = self._file, self.path
+        present = [n for n in (SOFTMAX_W, SOFTMAX_B) if n in f]
+        if not present:
+            return None
+        if len(present) == 1:
+            missing = SOFTMAX_B if present[0] == SOFTMAX_W else SOFTMAX_W
+            raise WeightsError(f"{path}: has {present[0]} but no {missing}")
+        P = self.specs[f"{LSTM_PREFIX.format(direction=0, layer=0)}/W_P_0"].shape[1]
+        w, b = f[SOFTMAX_W], f[SOFTMAX_B]
+        if len(w.shape) != 2 or w.shape[1] != P or tuple(b.shape) != (w.shape[0],):
+            raise WeightsError(f"{path}: {SOFTMAX_W} has shape {tuple(w.shape)} and {SOFTMAX_B} "
+                               f"{tuple(b.shape)}, expected [vocab_size, {P}] and [vocab_size]")
+        arrays = {}
+        for name in (SOFTMAX_W, SOFTMAX_B):
+            value = np.asarray(f[name][()], dtype=np.float32)
+            if not np.isfinite(value).all():
+                raise WeightsError(f"{path}: dataset {name} has non-finite values")
+            arrays[name] = value
+        return arrays
 
     def __iter__(self):
         return iter(self.specs)

