@@ -118,8 +118,11 @@ flags.DEFINE_integer("window", None, "embed: lines sorted by length and saved to
                      lower_bound=1)
 flags.DEFINE_bool("resume", False, "embed: finish a run that was killed or stopped, from "
                   "<output>.parts/: lines already saved are neither recomputed nor rewritten.")
-flags.DEFINE_string("runner", None, "embed: an Apache Beam runner (DirectRunner, DataflowRunner, "
-                    "...). Not available in this build: see the README, 'Corpus workflows'.")
+flags.DEFINE_string("runner", None, "embed: run the job as an Apache Beam pipeline on this runner "
+                    "(DirectRunner, DataflowRunner, FlinkRunner, SparkRunner; needs the "
+                    "hub_export[beam] extra); the parts it writes are merged into --output.")
+flags.DEFINE_string("beam_options", "", "embed --runner: further Beam pipeline options, quoted, "
+                    "e.g. '--project=p --region=r --temp_location=gs://b/tmp'.")
 
 # train / evaluate / dump-weights (bilm-tf's training, in TF2)
 flags.DEFINE_string("train_prefix", None, "train: a glob of training files, one tokenized "
@@ -157,7 +160,7 @@ _DASHED.update({name.replace("_", "-"): name for name in (
     "batch_size", "max_tokens", "train_prefix", "test_prefix", "save_dir", "restart_from_weights",
     "unroll_steps", "n_train_tokens", "n_negative_samples", "learning_rate", "clip_norm",
     "checkpoint_every", "log_every", "max_steps", "check_vocab_order", "options_out",
-    "include_softmax")})
+    "include_softmax", "beam_options")})
 _BOOLEANS = _BOOLEANS + ("resume", "restart", "check_vocab_order", "include_softmax")
 _COMMANDS = ("serving-config", "embed", "dump-token-embeddings", "train", "evaluate", "dump-weights")
 
@@ -250,15 +253,14 @@ def embed_main() -> int:
     if missing:
         raise app.UsageError(f"embed needs {', '.join(missing)}, e.g. embed --module "
                              "exported/elmo/3 --input corpus.txt --output embeddings.hdf5")
-    if FLAGS.runner is not None:
-        # apache-beam (every release through 2.77) pins protobuf < 7; this project's
-        # environment runs protobuf 7, so the two cannot share a venv without a downgrade.
-        raise HubExportError(
-            f"--runner {FLAGS.runner}: the Apache Beam path is not available: apache-beam "
-            "requires protobuf < 7 and hub_export's environment runs protobuf 7 (see the "
-            "README, 'Corpus workflows'); leave out --runner to embed locally")
-    from hub_export.embed import embed
+    if FLAGS.runner is None:
+        from hub_export.embed import embed
+    else:  # the same job as a Beam pipeline
+        import functools
 
+        from hub_export.embed_beam import embed_beam
+
+        embed = functools.partial(embed_beam, runner=FLAGS.runner, beam_options=FLAGS.beam_options)
     try:
         result = embed(FLAGS.module, FLAGS.input, FLAGS.output, layers=FLAGS.layers,
                        batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens,

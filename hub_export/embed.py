@@ -480,6 +480,14 @@ def _check_complete_output(output: Path, layers: str, n_lines: int) -> None:
                          f"the input with --layers {layers}; pass --overwrite to replace it")
 
 
+def run_record(module: Path, corpus: CorpusInfo, layers: str, max_tokens: int) -> dict:
+    """What `<output>.parts/run.json` records of a run: a resume must match it."""
+    return {"format": _RUN_FORMAT, "module": str(module.resolve()),
+            "module_sha256": _module_fingerprint(module),
+            "input": str(corpus.path.resolve()), "input_sha256": corpus.sha256,
+            "input_lines": corpus.lines, "layers": layers, "max_tokens": max_tokens}
+
+
 def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike,
           layers: str = "all", batch_size: int = DEFAULT_BATCH_SIZE,
           max_tokens: int = DEFAULT_MAX_TOKENS, window: int | None = None, resume: bool = False,
@@ -535,10 +543,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     except OSError as e:
         raise EmbedError(f"--output: cannot create {output.parent}: {e.strerror or e}") from None
 
-    run = {"format": _RUN_FORMAT, "module": str(loaded.path.resolve()),
-           "module_sha256": _module_fingerprint(loaded.path),
-           "input": str(corpus.path.resolve()), "input_sha256": corpus.sha256,
-           "input_lines": corpus.lines, "layers": layers, "max_tokens": max_tokens}
+    run = run_record(loaded.path, corpus, layers, max_tokens)
     with locked(parts):
         saved_windows: list[Path] = []
         if resume and has_run:

@@ -30,11 +30,11 @@ def blocks(section: str, language: str) -> list[str]:
 def test_quick_start_commands():
     setup, tests = blocks("Quick start", "bash")
     # The first command installs the project and exports the built-in model as version 3.
-    assert "pip install -e '.[test]'" in setup
+    assert "pip install -e '.[test,beam]'" in setup
     assert setup.strip().endswith("-m hub_export --version 3")
     # .ci/run runs the very same test command after a fresh install.
     assert tests.strip() in CI_RUN.read_text()
-    assert "pip install -q -e '.[test]'" in CI_RUN.read_text()
+    assert "pip install -q -e '.[test,beam]'" in CI_RUN.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,74 @@
+"""`embed --runner DirectRunner`: the same job as a Beam pipeline (RunInference over the
+module), merged into the same hdf5 file as the local path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from hub_export.embed import embed
+from hub_export.embed_beam import beam_available, embed_beam, window_specs, read_window
+from hub_export.embed_store import EmbedError
+from test_embed import random_corpus
+
+needs_beam = pytest.mark.skipif(
+    not beam_available(), reason="apache-beam is not installed (the hub_export[beam] extra; "
+                                 ".ci/run installs it)")
+
+
+def assert_close_files(a, b, atol=1e-6):
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa.keys()) == sorted(fb.keys())
+        for name in fa:
+            assert fa[name].shape == fb[name].shape, name
+            np.testing.assert_allclose(fa[name][()], fb[name][()], atol=atol, rtol=0, err_msg=name)
+
+
+def test_window_specs_read_back_every_line(tmp_path):
+    corpus = random_corpus(tmp_path / "c.txt", 23, seed=4)
+    lines = corpus.read_text().split("\n")[:-1]
+    specs = window_specs(corpus, 23, 5)
+    assert [(s.first, s.count) for s in specs] == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 3)]
+    read = [item for s in specs for item in read_window(s, str(corpus))]
+    assert read == [(i, line.split()) for i, line in enumerate(lines)]
+
+
+@needs_beam
+@pytest.mark.parametrize("layers", ["all", "default"])
+def test_direct_runner_equals_the_local_path(small_export, tmp_path, layers):
+    module = small_export[0].path
+    corpus = random_corpus(tmp_path / "corpus.txt", 200, seed=7)
+    local = embed(module, corpus, tmp_path / "local.hdf5", layers=layers, batch_size=16)
+    beam = embed_beam(module, corpus, tmp_path / "beam.hdf5", runner="DirectRunner",
+                      layers=layers, batch_size=16, window=32)
+    assert (beam.lines, local.lines) == (200, 200)
+    assert not (tmp_path / "beam.hdf5.parts").exists()
+    assert_close_files(tmp_path / "beam.hdf5", tmp_path / "local.hdf5")
+
+
+@needs_beam
+def test_cli_runner_and_bad_options(small_export, tmp_path):
+    corpus = random_corpus(tmp_path / "corpus.txt", 40, seed=1)
+    out = tmp_path / "out.hdf5"
+    ok = subprocess.run([sys.executable, "-m", "hub_export", "embed", "--module",
+                         str(small_export[0].path), "--input", str(corpus), "--output", str(out),
+                         "--runner", "DirectRunner", "--quiet"], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    local = embed(small_export[0].path, corpus, tmp_path / "local.hdf5")
+    assert_close_files(out, local.path)
+    with pytest.raises(EmbedError, match=r"already exists; pass --overwrite"):
+        embed_beam(small_export[0].path, corpus, out)
+    with pytest.raises(EmbedError, match=r"--beam-options: .*not valid pipeline options"):
+        embed_beam(small_export[0].path, corpus, tmp_path / "x.hdf5", beam_options="--runner")
+
+
+@pytest.mark.skipif(beam_available(), reason="checks the message shown without apache-beam")
+def test_without_beam_the_message_says_how_to_install(small_export, tmp_path):
+    corpus = random_corpus(tmp_path / "corpus.txt", 3)
+    with pytest.raises(EmbedError, match=r"Apache Beam is not installed: pip install -e '\.\[beam\]'"):
+        embed_beam(small_export[0].path, corpus, tmp_path / "o.hdf5")
