@@ -2,7 +2,7 @@
 
 Usage:
     python -m hub_export --version 3
-        the built-in default model (untrained, seeded) -> exported/elmo/3/
+        the built-in default model (a small biLM trained by hub_export) -> exported/elmo/3/
     python -m hub_export --version 1 --options options.json --weights weights.hdf5 \
         --name elmo_en --archive
         your model -> exported/elmo_en/1/ and exported/elmo_en-1.tar.gz

@@ -1,24 +1,31 @@
-"""The built-in default model: a small biLM with seeded random weights.
+"""The built-in default model: a small biLM trained by hub_export's own trainer.
 
-`python -m hub_export --version N` without `--options/--weights` exports this model so
-that the whole pipeline can be tried with no download. It is UNTRAINED: its
-embeddings carry no meaning, and the module card says so.
+`python -m hub_export --version N` without `--options/--weights` exports this model, so a
+fresh checkout makes a meaningful module with no download. Its weights and options ship
+as package data (`hub_export/data/default_model/`), with `recipe.json`: how it was made
+(corpus package and version, preprocessing, command, seed, training time, perplexities),
+which the module card repeats. `default_model_recipe` holds the preparation code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
-from hub_export.options import BiLMOptions, parse_options
-from hub_export.weights import random_weights, weight_specs
+from hub_export.errors import HubExportError
+from hub_export.options import BiLMOptions, load_options
+from hub_export.weights import read_weights
 
-NAME = "hub_export built-in default model (untrained, seeded random weights)"
-SEED = 20261124
+NAME = "hub_export built-in default model (biLM trained on the State of the Union addresses)"
 
-# The original ELMo architecture scaled down: same filter widths, highway, clipping and
-# skip connections, narrower everywhere.
+# The architecture: the original ELMo's design (char CNN of widths 1-5, two highway
+# layers, two LSTM layers with projection, clipping, skip connections) scaled to train on
+# two CPU cores in under two hours and to ship in a few MB. The filters add up to the
+# projection width, so there is no CNN projection (as bilm-tf decides).
 OPTIONS = {
     "char_cnn": {
         "embedding": {"dim": 16},
@@ -39,12 +46,24 @@ OPTIONS = {
 }
 
 
+def data_dir() -> Path:
+    return Path(str(resources.files("hub_export") / "data" / "default_model"))
+
+
+def recipe() -> dict:
+    """recipe.json: how the weights were made (see the module doc)."""
+    return json.loads((data_dir() / "recipe.json").read_text(encoding="utf-8"))
+
+
 def default_model() -> tuple[BiLMOptions, dict[str, np.ndarray], str]:
-    """(options, weights, sha256 of the weights) of the built-in model; same every call."""
-    options = parse_options(OPTIONS, source="built-in default model")
-    arrays = random_weights(options, SEED)
-    digest = hashlib.sha256()
-    for spec in weight_specs(options):
-        digest.update(spec.name.encode())
-        digest.update(arrays[spec.name].tobytes())
-    return options, arrays, digest.hexdigest()
+    """(options, weights, sha256 of the weight file) of the built-in model."""
+    folder = data_dir()
+    options_path, weights_path = folder / "options.json", folder / "weights.hdf5"
+    if not weights_path.is_file() or not options_path.is_file():
+        raise HubExportError(f"the built-in model's files are missing from {folder} (a broken "
+                             "install?); reinstall hub_export, or export your own model with "
+                             "--options and --weights")
+    options = load_options(options_path)
+    arrays = read_weights(weights_path, options)
+    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    return options, arrays, digest

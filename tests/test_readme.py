@@ -129,3 +129,30 @@ def test_serving_rest_bodies_run_through_the_session_path(usage_dir):
         parsed = parse_rest_reply({"outputs": {n: v.tolist() for n, v in outputs.items()}})
         for name, value in outputs.items():
             np.testing.assert_array_equal(parsed[name], value)
+
+
+def test_training_commands(tmp_path):
+    """The README's train / evaluate / dump-weights / export commands, as written, on a
+    small generated corpus laid out as they name it."""
+    from test_trainer import write_corpus
+
+    corpus = write_corpus(tmp_path / "data", n_train=600, n_test=60)
+    (tmp_path / "data" / "test").rename(tmp_path / "data" / "heldout")
+    for name in ("vocab.txt", "options.json"):
+        (tmp_path / "data" / name).rename(tmp_path / name)
+    del corpus
+    block = blocks("Training a biLM", "bash")[0]
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert [shlex.split(c)[:4] for c in commands] == [
+        ["python", "-m", "hub_export", "train"], ["python", "-m", "hub_export", "evaluate"],
+        ["python", "-m", "hub_export", "dump-weights"], ["python", "-m", "hub_export", "--version"]]
+    outputs = []
+    for command in commands:
+        argv = shlex.split(command)
+        result = subprocess.run([sys.executable] + argv[1:], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        outputs.append(result)
+    assert "held-out perplexity" in outputs[0].stderr
+    assert outputs[1].stdout.startswith("perplexity ")
+    assert (tmp_path / "exported" / "my_elmo" / "1" / "saved_model.pb").exists()
