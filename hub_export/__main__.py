@@ -132,8 +132,9 @@ flags.DEFINE_string("test_prefix", None, "evaluate (and train, optionally): a gl
 flags.DEFINE_string("save_dir", None, "train, evaluate, dump-weights: the checkpoint folder.")
 flags.DEFINE_bool("restart", False, "train: continue from the latest checkpoint in --save-dir, "
                   "at its step.")
-flags.DEFINE_list("restart_from_weights", None, "train: OPTIONS,WEIGHTS: start from an existing "
-                  "weight file (fine-tuning on new text) with its vocabulary as --vocab.")
+flags.DEFINE_list("restart_from_weights", None, "train: OPTIONS WEIGHTS (or OPTIONS,WEIGHTS): start "
+                  "from an existing weight file (fine-tuning on new text) with its vocabulary "
+                  "as --vocab.")
 flags.DEFINE_integer("unroll_steps", 20, "train, evaluate: tokens per window (gradients are cut "
                      "at window boundaries; the LSTM state is carried).", lower_bound=1)
 flags.DEFINE_integer("epochs", 10, "train: passes over --n-train-tokens.", lower_bound=1)
@@ -167,7 +168,13 @@ _COMMANDS = ("serving-config", "embed", "dump-token-embeddings", "train", "evalu
 
 def _undash(argv: list[str]) -> list[str]:
     out = []
-    for arg in argv:
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        # `--restart-from-weights O W`, as bilm-tf's README writes it, is one flag here.
+        if (arg in ("--restart-from-weights", "--restart_from_weights") and i + 2 < len(argv)
+                and not argv[i + 1].startswith("-") and not argv[i + 2].startswith("-")):
+            argv[i:i + 3] = [f"--restart_from_weights={argv[i + 1]},{argv[i + 2]}", "", ""]
+    for arg in (a for a in argv if a != ""):
         body, sep, value = arg.partition("=")
         if body.startswith("--no-") and body[5:].replace("-", "_") in _BOOLEANS:
             arg = "--no" + body[5:].replace("-", "_") + sep + value
@@ -304,8 +311,8 @@ def train_main() -> int:
              "--vocab vocab.txt --options options.json --save-dir ckpt/")
     restart_from = FLAGS.restart_from_weights
     if restart_from is not None and len(restart_from) != 2:
-        raise app.UsageError("--restart-from-weights takes OPTIONS,WEIGHTS, e.g. "
-                             "--restart-from-weights options.json,weights.hdf5")
+        raise app.UsageError("--restart-from-weights takes OPTIONS WEIGHTS, e.g. "
+                             "--restart-from-weights options.json weights.hdf5")
     from hub_export.trainer import TrainConfig, train
 
     # bilm-tf's batch size; embed's default of 64 sentences is another quantity.

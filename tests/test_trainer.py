@@ -287,4 +287,14 @@ def test_cli_train_evaluate_dump(corpus, tmp_path):
     assert usage.returncode == 1 and "train needs --train-prefix, --save-dir" in usage.stderr
     arity = cli("train", "--train-prefix", corpus["train"], "--vocab", corpus["vocab"], "--save-dir",
                 save, "--restart-from-weights", "only-one.json")
-    assert arity.returncode == 1 and "--restart-from-weights takes OPTIONS,WEIGHTS" in arity.stderr
+    assert arity.returncode == 1 and "--restart-from-weights takes OPTIONS WEIGHTS" in arity.stderr
+    # Fine-tuning, spelt as bilm-tf's README spells it: --restart-from-weights O W.
+    dumped = cli("dump-weights", "--save-dir", save, "--outfile", str(tmp_path / "w2.hdf5"),
+                 "--options-out", str(tmp_path / "o2.json"), "--include-softmax")
+    assert dumped.returncode == 0, dumped.stderr
+    tuned = cli("train", "--train-prefix", corpus["train"], "--vocab", corpus["vocab"],
+                "--restart-from-weights", str(tmp_path / "o2.json"), str(tmp_path / "w2.hdf5"),
+                "--save-dir", str(tmp_path / "tuned"), "--batch-size", "8", "--unroll-steps", "5",
+                "--max-steps", "2", "--n-negative-samples", "10")
+    assert tuned.returncode == 0, tuned.stderr
+    assert f"{tmp_path / 'tuned'}: step 2" in tuned.stdout
