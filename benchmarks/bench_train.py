@@ -68,8 +68,8 @@ def main() -> None:
         config = trainer.TrainConfig(batch_size=BATCH, unroll_steps=UNROLL, n_negative_samples=NEGATIVES)
         P = options.lstm.projection_dim
         model = LanguageModel(options, initial_weights(options, 0), initial_softmax(vocab.size, P, 0))
-        run = trainer._Run(model, config.learning_rate, None)
-        step = trainer._make_steps(model, run, config)
+        run = trainer.TrainingRun(model, config.learning_rate, None)
+        step = trainer.make_train_step(model, run, config)
         state = model.zero_state(BATCH)
         times, data_times = [], []
         for k in range(args.steps + 5):
@@ -88,7 +88,7 @@ def main() -> None:
         for k in range(10):
             b = next(batches)
             t0 = time.perf_counter()
-            _, state = trainer._eval_step(model, b.char_rows, b.token_rows, b.targets, b.weights, state)
+            _, state = trainer.eval_step(model, b.char_rows, b.token_rows, b.targets, b.weights, state)
             if k >= 2:
                 eval_times.append(time.perf_counter() - t0)
         eval_tps = tokens / statistics.median(eval_times)

@@ -152,7 +152,9 @@ def package(save_dir: str, corpus: str, training_minutes: float, machine: str) -
                                  data_files(held_out, "x"), vocab)
     with open(os.path.join(save_dir, "options.json"), encoding="utf-8") as f:
         trained = json.load(f)
-    steps = int(os.path.basename(trainer.tf.train.latest_checkpoint(save_dir)).split("-")[-1])
+    import tensorflow as tf
+
+    steps = int(os.path.basename(tf.train.latest_checkpoint(save_dir)).split("-")[-1])
     with open(os.path.join(corpus, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     recipe = {

@@ -480,6 +480,23 @@ def _check_complete_output(output: Path, layers: str, n_lines: int) -> None:
                          f"the input with --layers {layers}; pass --overwrite to replace it")
 
 
+def check_output(output: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuses an output that is a folder, or that exists or has an unfinished run while
+    neither --resume nor --overwrite says what to do. Returns whether a run is unfinished."""
+    has_run = (parts_dir(output) / RUN_FILE).is_file()
+    if output.is_dir():
+        raise EmbedError(f"--output: {output} is a directory; give a file name such as "
+                         "embeddings.hdf5")
+    if not (resume or overwrite):
+        if has_run:
+            raise EmbedError(f"--output: {parts_dir(output)} holds an unfinished run (killed or "
+                             "stopped); pass --resume to finish it, or --overwrite to start over")
+        if output.exists():
+            raise EmbedError(f"--output: {output} already exists; pass --overwrite to replace "
+                             "it, or --resume if it is this run's")
+    return has_run
+
+
 def run_record(module: Path, corpus: CorpusInfo, layers: str, max_tokens: int) -> dict:
     """What `<output>.parts/run.json` records of a run: a resume must match it."""
     return {"format": _RUN_FORMAT, "module": str(module.resolve()),
@@ -517,17 +534,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     window = window or WINDOW_BATCHES * batch_size
     output = Path(output)
     parts = parts_dir(output)
-    has_run = (parts / RUN_FILE).is_file()
-    if output.is_dir():
-        raise EmbedError(f"--output: {output} is a directory; give a file name such as "
-                         "embeddings.hdf5")
-    if not (resume or overwrite):
-        if has_run:
-            raise EmbedError(f"--output: {parts} holds an unfinished run (killed or stopped); "
-                             "pass --resume to finish it, or --overwrite to start over")
-        if output.exists():
-            raise EmbedError(f"--output: {output} already exists; pass --overwrite to replace "
-                             "it, or --resume if it is this run's")
+    has_run = check_output(output, resume, overwrite)
     check_module_dir(module)
     corpus = scan_corpus(input)
     if resume and output.exists() and not has_run:

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
 from hub_export.embed import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, WINDOW_BATCHES,
-                              EmbedResult, _check_flags, _check_resumable, _embed_window, check_module_dir,
-                              embed, load_module, run_record, scan_corpus)
+                              EmbedResult, _check_flags, _check_resumable, _embed_window,
+                              check_module_dir, check_output, embed, load_module, run_record,
+                              scan_corpus)
 from hub_export.embed_store import (LOCK_FILE, RUN_FILE, EmbedError, Window, locked, parts_dir,
                                     read_part, write_json, write_part)
 
@@ -144,15 +145,11 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
     window = window or WINDOW_BATCHES * batch_size
     output = Path(output)
     parts = parts_dir(output)
-    has_run = (parts / RUN_FILE).is_file()
-    if output.is_dir():
-        raise EmbedError(f"--output: {output} is a directory; give a file name such as embeddings.hdf5")
-    if output.exists() and not overwrite:
-        raise EmbedError(f"--output: {output} already exists; pass --overwrite to replace it")
-    if has_run and not (resume or overwrite):
-        raise EmbedError(f"--output: {parts} holds an unfinished run (killed or stopped); pass "
-                         "--resume to finish it, or --overwrite to start over")
+    has_run = check_output(output, resume, overwrite)
     module_path = check_module_dir(module)
+    if resume and output.exists() and not has_run:  # a finished run: embed checks it, no-op
+        return embed(module_path, input, output, layers=layers, batch_size=batch_size,
+                     max_tokens=max_tokens, window=window, resume=True, progress=progress)
     corpus = scan_corpus(input)
     # Beam parses its options with argparse, which prints and exits on an error: catch
     # that here, before any work, and say it as ours.

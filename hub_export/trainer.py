@@ -156,7 +156,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-class _Run:
+class TrainingRun:
     """A language model with its optimizer and step counter, bound to a save folder."""
 
     def __init__(self, model: LanguageModel, learning_rate: float, save_dir: str | None):
@@ -169,8 +169,8 @@ class _Run:
                         if save_dir else None)
 
 
-def read_save_dir(save_dir: str) -> tuple[BiLMOptions, dict, dict]:
-    """(options, raw options.json, vocab.json) of a save folder; errors name what is missing."""
+def read_save_dir(save_dir: str) -> tuple[BiLMOptions, dict]:
+    """(options, vocab.json) of a save folder; errors name what is missing."""
     if not os.path.isdir(save_dir):
         raise TrainingError(f"--save-dir: {save_dir}: no such folder")
     options_path = os.path.join(save_dir, OPTIONS_FILE)
@@ -179,23 +179,23 @@ def read_save_dir(save_dir: str) -> tuple[BiLMOptions, dict, dict]:
         raise TrainingError(f"--save-dir: {save_dir} holds no training checkpoint (expected "
                             f"{OPTIONS_FILE} and ckpt-N files written by `hub_export train`)")
     options = load_options(options_path)
-    with open(options_path, encoding="utf-8") as f:
-        raw = json.load(f)
     try:
         with open(vocab_path, encoding="utf-8") as f:
             vocab_info = json.load(f)
     except (OSError, ValueError) as e:
         raise TrainingError(f"--save-dir: {vocab_path}: cannot read ({e})") from None
-    return options, raw, vocab_info
+    return options, vocab_info
 
 
-def load_checkpoint(save_dir: str) -> tuple[LanguageModel, _Run, dict]:
-    """The latest checkpoint of a save folder, restored."""
-    options, raw, vocab_info = read_save_dir(save_dir)
+def load_checkpoint(save_dir: str, learning_rate: float = TrainConfig.learning_rate
+                    ) -> tuple[LanguageModel, TrainingRun, dict]:
+    """The latest checkpoint of a save folder, restored (with an optimizer at
+    `learning_rate`, for going on with training)."""
+    options, vocab_info = read_save_dir(save_dir)
     size = int(vocab_info["size"])
     P = options.lstm.projection_dim
     model = LanguageModel(options, initial_weights(options, 0), initial_softmax(size, P, 0))
-    run = _Run(model, float(raw.get("learning_rate", 0.2)), save_dir)
+    run = TrainingRun(model, learning_rate, save_dir)
     status = run.checkpoint.restore(run.manager.latest_checkpoint)
     try:
         status.assert_existing_objects_matched()
@@ -213,7 +213,7 @@ def _check_vocab(vocab: Vocabulary, vocab_info: dict, save_dir: str, vocab_path:
             f"{vocab_info['sha256'][:12]}...); the softmax rows follow that file's order")
 
 
-def _make_steps(model: LanguageModel, run: _Run, config: TrainConfig):
+def make_train_step(model: LanguageModel, run: TrainingRun, config: TrainConfig):
     n_negative = config.n_negative_samples
 
     def train_step(char_rows, token_rows, targets, weights, state, seed):
@@ -234,7 +234,7 @@ def _make_steps(model: LanguageModel, run: _Run, config: TrainConfig):
 
 
 @tf.function(reduce_retracing=True)
-def _eval_step(model, char_rows, token_rows, targets, weights, state):
+def eval_step(model, char_rows, token_rows, targets, weights, state):
     top, final_state = model.top_outputs(char_rows, token_rows, weights, state)
     losses = model.token_losses(top, targets)
     return tf.reduce_sum(losses * weights), final_state
@@ -253,7 +253,7 @@ def evaluate_model(model: LanguageModel, files: list[str], vocab: Vocabulary, fl
     state = model.zero_state(batch_size)
     total, count = 0.0, 0
     for batch in batcher:
-        loss_sum, state = _eval_step(model, batch.char_rows, batch.token_rows, batch.targets,
+        loss_sum, state = eval_step(model, batch.char_rows, batch.token_rows, batch.targets,
                                      batch.weights, state)
         total += float(loss_sum)
         count += batch.n_tokens
@@ -305,7 +305,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
 
     softmax = None
     if restart:
-        saved_options, saved_raw, vocab_info = read_save_dir(save_dir)
+        saved_options, vocab_info = read_save_dir(save_dir)
         if options_path is not None:
             diffs = _differences(_architecture(saved_options), _architecture(load_options(options_path)))
             if diffs:
@@ -345,7 +345,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
 
     P = options.lstm.projection_dim
     if restart:
-        model, run, _ = load_checkpoint(save_dir)
+        model, run, _ = load_checkpoint(save_dir, config.learning_rate)
     else:
         if softmax is None:
             softmax = initial_softmax(vocab.size, P, config.seed)
@@ -356,7 +356,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
         with open(os.path.join(save_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
             json.dump({"size": vocab.size, "sha256": _vocab_digest(vocab),
                        "path": os.path.abspath(vocab_path)}, f, indent=2)
-        run = _Run(model, config.learning_rate, save_dir)
+        run = TrainingRun(model, config.learning_rate, save_dir)
 
     steps_per_epoch = max(1, n_train_tokens // (config.batch_size * config.unroll_steps))
     total_steps = config.n_epochs * steps_per_epoch
@@ -368,7 +368,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
                                             seed=config.seed + start),
                             vocab, config.batch_size, config.unroll_steps,
                             options.char_cnn.max_characters_per_token)
-    train_step = _make_steps(model, run, config)
+    train_step = make_train_step(model, run, config)
     state = model.zero_state(config.batch_size)
     sampled = config.n_negative_samples < vocab.size
 
