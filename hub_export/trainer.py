@@ -144,16 +144,32 @@ def _architecture(options: BiLMOptions) -> dict:
     return {"char_cnn": d["char_cnn"], "lstm": d["lstm"]}
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _differences(a: dict, b: dict, where: str, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
         path = f"{prefix}{key}"
         if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            out += _differences(a[key], b[key], path + ".")
+            out += _differences(a[key], b[key], where, path + ".")
         elif a.get(key) != b.get(key):
-            out.append(f"{path} is {json.dumps(a.get(key))} in the checkpoint, "
+            out.append(f"{path} is {json.dumps(a.get(key))} in {where}, "
                        f"{json.dumps(b.get(key))} in the given options")
     return out
+
+
+def _check_same_architecture(expected: BiLMOptions, options_path: str | None, source: str,
+                             where: str) -> None:
+    """Refuses --options whose architecture differs from what is being continued."""
+    if options_path is None:
+        return
+    diffs = _differences(_architecture(expected), _architecture(load_options(options_path)), where)
+    if diffs:
+        raise TrainingError(f"--options: {options_path} disagrees with {source}: " + "; ".join(diffs))
+
+
+def _read_with_softmax(weights_path: str, options: BiLMOptions):
+    """(biLM arrays, softmax arrays or None) of a weight file, each dataset read once."""
+    with WeightReader(weights_path, options) as reader:
+        return {name: reader[name] for name in reader}, reader.softmax()
 
 
 class TrainingRun:
@@ -306,26 +322,17 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
     softmax = None
     if restart:
         saved_options, vocab_info = read_save_dir(save_dir)
-        if options_path is not None:
-            diffs = _differences(_architecture(saved_options), _architecture(load_options(options_path)))
-            if diffs:
-                raise TrainingError(f"--options: {options_path} disagrees with the checkpoint in "
-                                    f"{save_dir}: " + "; ".join(diffs))
+        _check_same_architecture(saved_options, options_path, f"the checkpoint in {save_dir}",
+                                 "the checkpoint")
         _check_vocab(vocab, vocab_info, save_dir, vocab_path)
         options = saved_options
     else:
         if restart_from_weights:
             weights_options_path, weights_path = restart_from_weights
             options = load_options(weights_options_path)
-            if options_path is not None:
-                diffs = _differences(_architecture(options), _architecture(load_options(options_path)))
-                if diffs:
-                    raise TrainingError(f"--options: {options_path} disagrees with "
-                                        f"{weights_options_path}: " + "; ".join(diffs).replace(
-                                            "in the checkpoint", "in the weights' options"))
-            with WeightReader(weights_path, options) as reader:
-                weights = {name: reader[name] for name in reader}
-                softmax = reader.softmax()
+            _check_same_architecture(options, options_path, weights_options_path,
+                                     "the weights' options")
+            weights, softmax = _read_with_softmax(weights_path, options)
             if softmax is not None and softmax["softmax/W"].shape[0] != vocab.size:
                 raise TrainingError(
                     f"--vocab: {vocab_path} has {vocab.size} words but the softmax in "
@@ -336,12 +343,12 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
                 raise TrainingError("--options is required to train a new biLM")
             options = load_options(options_path)
             weights = initial_weights(options, config.seed)
-        if tf.train.latest_checkpoint(save_dir) if os.path.isdir(save_dir) else None:
+        if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+            raise TrainingError(f"--save-dir: {save_dir} exists and is not a folder")
+        if os.path.isdir(save_dir) and tf.train.latest_checkpoint(save_dir):
             raise TrainingError(f"--save-dir: {save_dir} already holds a checkpoint; pass "
                                 "--restart to continue it, or choose another folder (nothing "
                                 "was overwritten)")
-        if os.path.exists(save_dir) and not os.path.isdir(save_dir):
-            raise TrainingError(f"--save-dir: {save_dir} exists and is not a folder")
 
     P = options.lstm.projection_dim
     if restart:
@@ -446,9 +453,7 @@ def evaluate(test_prefix: str, vocab_path: str, save_dir: str | None = None,
         _check_vocab(vocab, vocab_info, save_dir, vocab_path)
     else:
         options = load_options(options_path)
-        with WeightReader(weights_path, options) as reader:
-            weights = {name: reader[name] for name in reader}
-            softmax = reader.softmax()
+        weights, softmax = _read_with_softmax(weights_path, options)
         if softmax is None:
             raise TrainingError(
                 f"--weights: {weights_path} has no softmax/W: a perplexity needs the output "
