@@ -11,9 +11,10 @@ hdf5 file here is ever written under its final name:
   lines' outputs joined along the tokens (all: [L+1, sum n, 2P]; elmo: [sum n, E];
   default: [k, E]).
 * The output is assembled in `<output>.parts/assembling.hdf5`, a scratch file, by a
-  separate process (`python -m hub_export.embed_store`: h5py holds the GIL, and writing
-  one dataset per line in a thread would slow the module down by a fifth), then renamed
-  to `<output>` once every line is in.
+  separate process (`python -m hub_export.embed_store`: h5py holds the GIL while it
+  writes a part), then renamed to `<output>` once every line is in. The one-dataset-a-line
+  layouts are written by `FlatHdf5Writer`, not libhdf5: at about 100 us of CPU a dataset,
+  libhdf5 took a fifth of the module's speed on two cores.
 * `<output>.parts/run.json` records the module, the input and the flags; a resume with
   other ones is refused rather than mixing two runs' numbers. It is written before any
   part and removed right after the output is in place, so a parts directory without it
@@ -41,6 +42,7 @@ import h5py
 import numpy as np
 
 from hub_export.errors import HubExportError
+from hub_export.flat_hdf5 import FlatHdf5Writer
 
 SENTENCE_DATASET = "sentence_embeddings"  # the one dataset of layers="default"
 PART_FORMAT = "hub_export.embed.part/1"
@@ -143,14 +145,22 @@ def read_part(path: Path, layers: str, n_lines: int, width: int, values: bool = 
 
 
 class Assembler:
-    """Writes lines into the scratch file in the output layout."""
+    """Writes lines into the scratch file in the output layout.
+
+    One dataset per line (`all`, `elmo`) goes through `FlatHdf5Writer`, which appends the
+    values as they come and writes the datasets' metadata at the end.
+    """
 
     def __init__(self, path: Path, layers: str, n_lines: int, width: int):
         self.path = path
         self.layers = layers
-        self.file = h5py.File(path, "w", libver=LIBVER)
+        self.n_lines = n_lines
+        self.width = width
+        self.file = None
         self.table = None
+        self.lines = None  # FlatHdf5Writer, made at the first window (it gives L + 1)
         if layers == "default":
+            self.file = h5py.File(path, "w", libver=LIBVER)
             # Rows never written keep the fill value 0 (only lines with no tokens).
             self.table = self.file.create_dataset(SENTENCE_DATASET, (n_lines, width), np.float32)
 
@@ -162,22 +172,42 @@ class Assembler:
                 first = int(window.lines[rows[0]])
                 self.table[first: first + len(rows)] = window.values[rows[0]: rows[-1] + 1]
             return
-        # h5py's low-level calls take half the time of create_dataset.
-        float32 = h5py.h5t.IEEE_F32LE
-        offset = 0
-        for index, n in zip(window.lines.tolist(), window.n_tokens.tolist()):
-            if self.layers == "all":
-                value = np.ascontiguousarray(window.values[:, offset: offset + n])
-            else:
-                value = window.values[offset: offset + n]
-            space = h5py.h5s.create_simple(value.shape)
-            dataset = h5py.h5d.create(self.file.id, str(index).encode(), float32, space)
-            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, value)
-            offset += n
+        values = window.values
+        if self.lines is None:
+            lead = (values.shape[0],) if self.layers == "all" else ()
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,))
+        if self.layers == "all":
+            values = _line_major(values, window.n_tokens)
+        self.lines.add(window.lines, window.n_tokens, np.ascontiguousarray(values, np.float32))
+
+    def finish(self) -> None:
+        """Completes the file (every line must have been added)."""
+        if self.table is not None:
+            self.file.close()
+            return
+        if self.lines is None:  # an input without lines: a file without datasets
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, (), (self.width,))
+        self.lines.close()
 
     def close(self) -> None:
-        if self.file.id.valid:
+        """Lets go of the file, finished or not."""
+        if self.file is not None and self.file.id.valid:
             self.file.close()
+        if self.lines is not None:
+            self.lines.abort()
+
+
+def _line_major(values: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
+    """[J, sum n, W] (layers outermost) -> the lines' [J, n, W] blocks back to back."""
+    J, total, width = values.shape
+    out = np.empty((J * total, width), np.float32)
+    line = np.repeat(np.arange(len(n_tokens)), n_tokens)  # each token's line
+    first = np.concatenate([[0], np.cumsum(n_tokens)[:-1]])[line]  # its line's first token
+    token = np.arange(total)
+    # Token t of line k, layer j goes to row J * first_k + j * n_k + (t - first_k).
+    for j in range(J):
+        out[(J - 1) * first + j * n_tokens[line] + token] = values[j]
+    return out
 
 
 def _die_with_parent() -> None:
@@ -233,7 +263,7 @@ def _assemble_main(argv: list[str]) -> int:
             elif command == "add":
                 assembler.add(read_part(Path(argument), layers, n_lines, width))
             elif command == "finish":
-                assembler.close()
+                assembler.finish()
                 fsync_path(path)
                 print("done", flush=True)
                 return 0
@@ -257,8 +287,8 @@ class AssemblerProcess:
     """The embed process's handle on the assembling process (see `_assemble_main`).
 
     Saving parts and assembling run there rather than in a thread: h5py holds the GIL
-    for each of its calls, and a dataset per line made a thread slow the module's calls
-    down by a fifth. Data goes over a pipe, whose writes release the GIL.
+    for each of its calls, which would stall the module's calls. Data goes over a pipe,
+    whose writes release the GIL.
     """
 
     def __init__(self, path: Path, layers: str, n_lines: int, width: int):
