@@ -12,10 +12,10 @@ directory, writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, 
 * tokens/s of `embed` (first batch to the output file in place: reading, batching,
   the module, both hdf5 writes) against the module's own tokens/s at the same batch
   size, its `tokens` signature called on batches already built as tensors: (a) the
-  same length-sorted batches embed makes (the strict baseline), and (b) batches of
-  consecutive lines, padded to their longest (what calling the module on the corpus in
-  order gives). The module is timed before and after the embed run, and the mean used,
-  since a shared machine's speed drifts.
+  same length-sorted batches embed makes, over the whole corpus, in a fresh process
+  timed from its first batch as embed is, before and after the embed run (the mean is
+  used: a shared machine's speed drifts); (b) batches of consecutive lines, padded to
+  their longest (what calling the module on the corpus in order gives).
 
 This is a script that prints figures, not a test.
 """
@@ -99,8 +99,9 @@ def run_embed(module: Path, corpus: Path, output: Path, layers: str, batch_size:
 
 
 def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: str,
-                      max_lines: int) -> dict[str, float]:
-    """tokens/s of the signature alone on the first max_lines lines: sorted and in order."""
+                      max_lines: int, order: str) -> float:
+    """tokens/s of the `tokens` signature alone on the first max_lines lines, in this
+    process, over one pass of the batches, from the first (as embed is timed)."""
     import tensorflow as tf
 
     from hub_export.embed import DEFAULT_MAX_TOKENS, WINDOW_BATCHES, length_batches, load_module
@@ -114,6 +115,7 @@ def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: 
             tokens = line.split()
             for start in range(0, len(tokens), DEFAULT_MAX_TOKENS):
                 sentences.append(tokens[start: start + DEFAULT_MAX_TOKENS])
+    sentences = [s for s in sentences if s]  # embed skips empty lines too
     n_tokens = sum(len(s) for s in sentences)
 
     def tensors(rows):
@@ -121,35 +123,49 @@ def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: 
         return (tf.constant([r + [""] * (T - len(r)) for r in rows]),
                 tf.constant([len(r) for r in rows], tf.int32))
 
-    window = WINDOW_BATCHES * batch_size
-    sorted_batches = []
-    for w in range(0, len(sentences), window):
-        chunk = sentences[w: w + window]
-        for batch in length_batches([len(s) for s in chunk], batch_size):
-            sorted_batches.append(tensors([chunk[i] for i in batch]))
-    in_order = [tensors(sentences[i: i + batch_size]) for i in range(0, len(sentences), batch_size)]
+    batches = []
+    if order == "sorted":  # embed's batching: windows of lines, sorted by length
+        window = WINDOW_BATCHES * batch_size
+        for w in range(0, len(sentences), window):
+            chunk = sentences[w: w + window]
+            for batch in length_batches([len(s) for s in chunk], batch_size):
+                batches.append(tensors([chunk[i] for i in batch]))
+    else:
+        batches = [tensors(sentences[i: i + batch_size]) for i in range(0, len(sentences), batch_size)]
 
-    def rate(batches) -> float:
-        for tokens, lengths in batches[:3]:  # warm-up: first calls trace and allocate
-            module.fn(tokens=tokens, sequence_len=lengths)
-        start = time.perf_counter()
-        for tokens, lengths in batches:
-            out = module.fn(tokens=tokens, sequence_len=lengths)
-            for name in names:
-                out[name].numpy()
-        return n_tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for tokens, lengths in batches:
+        out = module.fn(tokens=tokens, sequence_len=lengths)
+        for name in names:
+            out[name].numpy()
+    return n_tokens / (time.perf_counter() - start)
 
-    return {"sorted": rate(sorted_batches), "in_order": rate(in_order)}
+
+def time_module(module: Path, corpus: Path, batch_size: int, layers: str, lines: int,
+                order: str) -> float:
+    """`module_throughput` in a fresh process, as embed runs in one."""
+    proc = subprocess.run([sys.executable, __file__, "--time-module", str(module), str(corpus),
+                           str(batch_size), layers, str(lines), order],
+                          capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        sys.exit(f"timing the module failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--time-module"]:  # the child process of `time_module`
+        module, corpus, batch_size, layers, lines, order = sys.argv[2:]
+        print(json.dumps(module_throughput(Path(module), Path(corpus), int(batch_size), layers,
+                                           int(lines), order)))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--small-lines", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--layers", default="all", choices=["all", "elmo", "default"])
-    parser.add_argument("--module-lines", type=int, default=20_000,
-                        help="lines used to time the module alone")
+    parser.add_argument("--in-order-lines", type=int, default=20_000,
+                        help="lines used to time the module on consecutive-line batches")
     args = parser.parse_args()
     if not (FIXTURE / "lm_weights.hdf5").exists():
         sys.exit(f"the bilm-tf fixture model is not at {FIXTURE}")
@@ -167,13 +183,16 @@ def main() -> None:
                 g.write(line)
 
         few = run_embed(module, small, tmp / "small.hdf5", args.layers, args.batch_size)
-        before = module_throughput(module, big, args.batch_size, args.layers, args.module_lines)
+        # The module is timed before and after embed and the mean used: a shared
+        # machine's speed drifts (by a third within minutes, seen on 2026-11-25).
+        before = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
         many = run_embed(module, big, tmp / "big.hdf5", args.layers, args.batch_size)
-        after = module_throughput(module, big, args.batch_size, args.layers, args.module_lines)
+        after = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
         size_mb = (tmp / "big.hdf5").stat().st_size / 2**20
+        in_order = time_module(module, big, args.batch_size, args.layers, args.in_order_lines,
+                               "in_order")
 
     rate = many["tokens"] / many["seconds"]
-    own = {k: (before[k] + after[k]) / 2 for k in before}
     print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; fixture model; "
           f"--layers {args.layers} --batch-size {args.batch_size}; {os.cpu_count()} CPUs")
     print(f"peak RSS (embed process + assembling process): {few['peak_rss_mb']:.0f} MB "
@@ -183,12 +202,12 @@ def main() -> None:
           "(limit +200 MB)")
     print(f"embed: {rate:,.0f} tokens/s, {many['lines'] / many['seconds']:,.0f} sentences/s, "
           f"{many['seconds']:.1f} s, output {size_mb:,.0f} MB")
-    print(f"module alone, embed's length-sorted batches: {own['sorted']:,.0f} tokens/s "
-          f"(before {before['sorted']:,.0f}, after {after['sorted']:,.0f}); "
-          f"embed/module = {rate / own['sorted']:.2f}")
-    print(f"module alone, batches of consecutive lines: {own['in_order']:,.0f} tokens/s "
-          f"(before {before['in_order']:,.0f}, after {after['in_order']:,.0f}); "
-          f"embed/module = {rate / own['in_order']:.2f}")
+    own = (before + after) / 2
+    print(f"module alone, embed's length-sorted batches, all {args.lines:,} lines, fresh process: "
+          f"{own:,.0f} tokens/s (before {before:,.0f}, after {after:,.0f}); "
+          f"embed/module = {rate / own:.2f}")
+    print(f"module alone, batches of consecutive lines, first {args.in_order_lines:,} lines: "
+          f"{in_order:,.0f} tokens/s; embed/module = {rate / in_order:.2f}")
 
 
 if __name__ == "__main__":
