@@ -224,10 +224,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_computed(small_export, tmp_path
     corpus = random_corpus(tmp_path / "corpus.txt", 4000)
     output = tmp_path / "out.hdf5"
     parts = tmp_path / "out.hdf5.parts"
+    # A shell starts a background job (`pytest ... &`) with SIGINT ignored, and a child
+    # inherits that: give the embed process the default, as a terminal's Ctrl-C finds it.
     proc = subprocess.Popen([sys.executable, "-m", "hub_export", "embed", "--quiet", "--module",
                              str(result.path), "--input", str(corpus), "--output", str(output),
                              "--batch-size", "16", "--window", "50"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(parts.glob("part-*.hdf5")):
         assert proc.poll() is None
