@@ -70,6 +70,8 @@ class FlatHdf5Writer:
         self.lead = tuple(int(d) for d in lead)
         self.trail = tuple(int(d) for d in trail)
         self.rank = len(self.lead) + 1 + len(self.trail)
+        self.row_bytes = int(np.prod(self.lead + self.trail, dtype=np.int64)) * 4  # per unit of m
+        self.n_snods = -(-n // (2 * LEAF_K))  # symbol table nodes the names fill
         self.addresses = np.full(n, UNDEF, dtype=np.uint64)
         self.sizes = np.full(n, -1, dtype=np.int64)  # the varying dimension; -1: not added
         self.file = open(self.path, "wb")
@@ -86,8 +88,7 @@ class FlatHdf5Writer:
         """
         indices = np.asarray(indices, np.int64)
         sizes = np.asarray(sizes, np.int64)
-        row = int(np.prod(self.lead + self.trail, dtype=np.int64)) * 4  # bytes per unit of m
-        nbytes = sizes * row
+        nbytes = sizes * self.row_bytes
         if data.dtype != np.float32 or not data.flags.c_contiguous or data.nbytes != int(nbytes.sum()):
             raise ValueError(f"data: {data.dtype} {data.shape} ({data.nbytes} bytes); the datasets "
                              f"need {int(nbytes.sum())} bytes of float32 in C order")
@@ -115,12 +116,11 @@ class FlatHdf5Writer:
         self._write(b"HEAP\0\0\0\0" + _u64([len(heap_data), 1, heap_address + 32]).tobytes())
         self._write(heap_data)
         order = np.argsort(names, kind="stable")  # C string order (numpy compares bytes)
-        n_snods = -(-self.n // (2 * LEAF_K))
         # The nodes go after the B-tree, so their addresses are known before it is written.
-        tree_levels = self._tree_shape(max(n_snods, 1))
+        tree_levels = self._tree_shape(max(self.n_snods, 1))
         tree_address = self.end
         snod_address = tree_address + TREE_SIZE * sum(tree_levels)
-        header_address = snod_address + SNOD_SIZE * n_snods
+        header_address = snod_address + SNOD_SIZE * self.n_snods
         self._write_tree(tree_levels, tree_address, snod_address, name_offsets, order)
         self._write_snods(order, name_offsets, header_address)
         for first in range(0, self.n, _SLICE):
@@ -173,7 +173,7 @@ class FlatHdf5Writer:
     def _write_tree(self, levels: list[int], tree_address: int, snod_address: int,
                     name_offsets: np.ndarray, order: np.ndarray) -> None:
         # Written root first (the root's address is the group's), then down to level 0.
-        n_snods = -(-self.n // (2 * LEAF_K))
+        n_snods = self.n_snods
         # Level 0's children are the symbol table nodes; a child's right key is the heap
         # offset of its last (largest) name.
         child_address = [snod_address + SNOD_SIZE * i for i in range(n_snods)]
@@ -208,7 +208,7 @@ class FlatHdf5Writer:
 
     def _write_snods(self, order: np.ndarray, name_offsets: np.ndarray, header_address: int) -> None:
         per_node = 2 * LEAF_K
-        n_snods = -(-self.n // per_node)
+        n_snods = self.n_snods
         for first in range(0, n_snods, _SLICE):
             stop = min(first + _SLICE, n_snods)
             members = np.full((stop - first) * per_node, -1, np.int64)
@@ -256,8 +256,7 @@ class FlatHdf5Writer:
         out[:, dims_at: dims_at + 8 * rank] = dim_bytes
         out[:, dims_at + 8 * rank: dims_at + 16 * rank] = dim_bytes  # maximum dimensions
         layout_at = 16 + len(space) + len(dtype) + len(fill) + 8 + 2
-        row = int(np.prod(self.lead + self.trail, dtype=np.int64)) * 4
-        size = (self.sizes[first:stop] * row).astype("<u8")
+        size = (self.sizes[first:stop] * self.row_bytes).astype("<u8")
         out[:, layout_at: layout_at + 8] = self.addresses[first:stop].astype("<u8").view(np.uint8).reshape(-1, 8)
         out[:, layout_at + 8: layout_at + 16] = size.view(np.uint8).reshape(-1, 8)
         return out.tobytes()
