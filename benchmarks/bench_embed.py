@@ -6,11 +6,10 @@ Exports the bilm-tf fixture model (../shared/fixtures/bilm-tf) into a temporary
 directory, writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, about
 25 on average, 1% empty lines, words drawn from a Zipf-like vocabulary) and prints:
 
-* peak RSS of `embed` (its process plus the assembling process it starts) over the
-  whole corpus and over its first 1,000 lines, each run in a fresh process, and the
-  difference: memory must not grow with the corpus;
+* peak RSS of `embed` over the whole corpus and over its first 1,000 lines, each run
+  in a fresh process, and the difference: memory must not grow with the corpus;
 * tokens/s of `embed` (first batch to the output file in place: reading, batching,
-  the module, both hdf5 writes) against the module's own tokens/s at the same batch
+  the module, writing the output) against the module's own tokens/s at the same batch
   size, its `tokens` signature called on batches already built as tensors: (a) the
   same length-sorted batches embed makes, over the whole corpus, in a fresh process
   timed from its first batch as embed is, before and after the embed run (the mean is
@@ -38,38 +37,16 @@ sys.path.insert(0, str(REPO))
 FIXTURE = REPO.parent / "shared" / "fixtures" / "bilm-tf"
 
 # Run in a child process. Peak RSS is the kernel's high-water mark (VmHWM) of the embed
-# process plus that of the assembling process it starts (sampled while it runs). Not
-# ru_maxrss: a process started by vfork + exec inherits its parent's high-water mark
-# there, so it would report the bench's own memory.
+# process. Not ru_maxrss: a process started by vfork + exec inherits its parent's
+# high-water mark there, so it would report the bench's own memory.
 CHILD = """
-import glob, json, sys, threading, time
+import json, sys
 from hub_export.embed import embed
 
-
-def hwm_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1])
-
-
-helper_peak = [0]
-
-
-def sample():
-    while True:
-        for path in glob.glob("/proc/self/task/*/children"):
-            for pid in open(path).read().split():
-                try:
-                    helper_peak[0] = max(helper_peak[0], hwm_kib(pid))
-                except (OSError, TypeError):
-                    pass
-        time.sleep(0.1)
-
-
-threading.Thread(target=sample, daemon=True).start()
 r = embed(sys.argv[1], sys.argv[2], sys.argv[3], layers=sys.argv[4], batch_size=int(sys.argv[5]))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"lines": r.lines, "tokens": r.tokens, "seconds": r.seconds,
-                  "embed_mb": hwm_kib("self") / 1024, "assembler_mb": helper_peak[0] / 1024}))
+                  "peak_rss_mb": hwm / 1024}))
 """
 
 
@@ -93,9 +70,7 @@ def run_embed(module: Path, corpus: Path, output: Path, layers: str, batch_size:
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     if proc.returncode != 0:
         sys.exit(f"embed failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = result["embed_mb"] + result["assembler_mb"]
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: str,
@@ -195,10 +170,8 @@ def main() -> None:
     rate = many["tokens"] / many["seconds"]
     print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; fixture model; "
           f"--layers {args.layers} --batch-size {args.batch_size}; {os.cpu_count()} CPUs")
-    print(f"peak RSS (embed process + assembling process): {few['peak_rss_mb']:.0f} MB "
-          f"({few['embed_mb']:.0f} + {few['assembler_mb']:.0f}) for {few['lines']:,} lines, "
-          f"{many['peak_rss_mb']:.0f} MB ({many['embed_mb']:.0f} + {many['assembler_mb']:.0f}) "
-          f"for {many['lines']:,} lines: growth {many['peak_rss_mb'] - few['peak_rss_mb']:+.0f} MB "
+    print(f"peak RSS of the embed process: {few['peak_rss_mb']:.0f} MB for {few['lines']:,} "
+          f"lines, {many['peak_rss_mb']:.0f} MB for {many['lines']:,} lines: growth {many['peak_rss_mb'] - few['peak_rss_mb']:+.0f} MB "
           "(limit +200 MB)")
     print(f"embed: {rate:,.0f} tokens/s, {many['lines'] / many['seconds']:,.0f} sentences/s, "
           f"{many['seconds']:.1f} s, output {size_mb:,.0f} MB")

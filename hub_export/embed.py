@@ -17,18 +17,20 @@ LSTM states the previous one ended with); the exported module is not, so a sente
 embedding does not depend on the lines before it or on what shares its batch.
 
 Speed: lines are read `window` at a time, their sentences sorted by length and cut into
-batches of `batch_size`, so little padding is computed; the hdf5 writes run in a separate
-process while the module computes (see `embed_store`). Memory holds at most three
-windows (one computed, one queued, one being handed over), whatever the corpus size.
+batches of `batch_size`, so little padding is computed. Each window's outputs are placed,
+as the batches come, in the byte order of the output file, and written once, by a thread
+whose file writes release the GIL while the module computes (see `embed_store`). Memory
+holds at most three windows (one computed, one queued, one being written), whatever the
+corpus size.
 
 Long lines: a line of more than `max_tokens` tokens is cut into consecutive pieces of at
 most `max_tokens` tokens, each embedded as a sentence of its own (the LSTMs start from
 zero at every piece, so no context crosses a cut), and the pieces' outputs are joined
 along the tokens; its `default` is the mean over all of its tokens.
 
-Surviving a kill: results are saved window by window beside the output, and the
-output appears, complete, only at the end (see `embed_store`); `resume=True` embeds only
-the lines that no saved window holds. So `<output>` is absent, the previous complete
+Surviving a kill: the output is written beside its final name, in `<output>.parts/`,
+with a journal of the windows on disk, and appears, complete, only at the end (see
+`embed_store`); `resume=True` keeps what the journal records and embeds only the rest. So `<output>` is absent, the previous complete
 file, or the new complete file, and never half-written.
 """
 
@@ -50,9 +52,8 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
-from hub_export.embed_store import (ASSEMBLING, LOCK_FILE, RUN_FILE, SENTENCE_DATASET,
-                                    AssemblerProcess, EmbedError, Window, locked, parts_dir,
-                                    read_part, write_json)
+from hub_export.embed_store import (LOCK_FILE, PARTIAL, RUN_FILE, SENTENCE_DATASET, EmbedError,
+                                    Store, Window, journaled_lines, locked, parts_dir, write_json)
 from hub_export.textfiles import open_user_file
 
 LAYER_CHOICES = ("all", "elmo", "default")
@@ -269,8 +270,9 @@ def _embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], lay
     offsets = np.concatenate([[0], np.cumsum(n_tokens)])  # line k's tokens start here
     width = module.width(layers)
     P = module.word_dim
-    if layers == "all":
-        values = np.empty((module.n_layers + 1, int(offsets[-1]), width), np.float32)
+    J = module.n_layers + 1
+    if layers == "all":  # line after line, its [J, n, 2P] block: the bytes the output holds
+        values = np.empty((J * int(offsets[-1]), width), np.float32)
     elif layers == "elmo":
         values = np.empty((int(offsets[-1]), width), np.float32)
     else:  # empty lines keep their zero row: the module's `default` of no tokens
@@ -302,16 +304,20 @@ def _embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], lay
             # Real tokens of the batch, row after row, and where each goes in `values`:
             # one gather and one scatter per output instead of a copy per sentence.
             real = np.arange(out[names[0]].shape[1])[None, :] < n[:, None]  # [B, T]
-            first = offsets[k] + piece_start[batch]
-            dest = np.repeat(first - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(n.sum())
+            # Each real token's place in its line.
+            in_line = np.repeat(piece_start[batch] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) \
+                + np.arange(n.sum())
+            line = np.repeat(k, n)
             if layers == "all":
+                # Layer j of token t of line k: row J * offsets[k] + j * n_k + t.
+                row = J * offsets[line] + in_line
                 word = out["word_emb"][real]  # [sum n, P]
-                values[0, dest, :P] = word
-                values[0, dest, P:] = word
-                for layer in range(1, module.n_layers + 1):
-                    values[layer, dest] = out[f"lstm_outputs{layer}"][real]
+                values[row, :P] = word
+                values[row, P:] = word
+                for layer in range(1, J):
+                    values[row + layer * n_tokens[line]] = out[f"lstm_outputs{layer}"][real]
             else:
-                values[dest] = out["elmo"][real]
+                values[offsets[line] + in_line] = out["elmo"][real]
         meter.add(lines=int(np.sum(piece_start[batch] + n == n_tokens[k])), tokens=int(n.sum()))
     if layers == "default":
         split = n_tokens > max_tokens
@@ -336,16 +342,18 @@ def _windows(lines: Iterable[tuple[int, list[str]]], done: np.ndarray | None,
 
 
 class _Writer(threading.Thread):
-    """Hands each window to the assembling process, off the main thread.
+    """Saves each window (`Store.add`) off the main thread.
 
-    The queue holds one window, so the module never waits for a pipe write, and memory
-    holds at most three windows: one being computed, one queued, one being sent.
+    A window's values are written once, into the output being assembled, by calls that
+    release the GIL (a file write, a flush to disk), so the module's calls go on meanwhile.
+    The queue holds one window: memory holds at most three, one being computed, one
+    queued, one being written.
     """
 
-    def __init__(self, parts: Path, assembler: AssemblerProcess):
+    def __init__(self, parts: Path, store: Store):
         super().__init__(name="hub_export-embed-writer", daemon=True)
         self.parts = parts
-        self.assembler = assembler
+        self.store = store
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
@@ -355,7 +363,7 @@ class _Writer(threading.Thread):
             if window is None:
                 return
             try:
-                self.assembler.save(window)
+                self.store.add(window)
             except BaseException as e:  # handed to the main thread, raised there
                 self.error = e
                 return
@@ -552,10 +560,16 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
 
     run = run_record(loaded.path, corpus, layers, max_tokens)
     with locked(parts):
-        saved_windows: list[Path] = []
         if resume and has_run:
             _check_resumable(parts, run, json.loads((parts / RUN_FILE).read_text()))
-            saved_windows = sorted(parts.glob("part-*.hdf5"))
+            if (output.exists() and not (parts / PARTIAL).exists()
+                    and journaled_lines(parts) == corpus.lines):
+                # Killed between putting the output in place and removing the parts.
+                _check_complete_output(output, layers, corpus.lines)
+                (parts / RUN_FILE).unlink()
+                shutil.rmtree(parts, ignore_errors=True)
+                return EmbedResult(path=output, lines=corpus.lines, embedded=0,
+                                   resumed=corpus.lines, tokens=0, seconds=0.0)
         else:
             for entry in parts.iterdir():  # a fresh start: nothing from before counts
                 if entry.name != LOCK_FILE:
@@ -564,35 +578,35 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
         for stray in parts.glob(".*.tmp-*"):  # a part or run.json a kill cut short
             stray.unlink()
 
-        # It starts the scratch file afresh: what a killed run assembled is not trusted.
-        assembler = AssemblerProcess(parts / ASSEMBLING, layers, corpus.lines, width)
+        note = (lambda text: progress.write(f"embed: {text}\n")) if progress is not None else (
+            lambda text: None)
         try:
-            done = np.zeros(corpus.lines, bool)
-            for path in saved_windows:
-                part = read_part(path, layers, corpus.lines, width, values=False)
-                if done[part.lines].any():
-                    raise EmbedError(f"{path}: holds lines another part holds too; delete it and "
-                                     "run again with --resume")
-                done[part.lines] = True
-                assembler.add(path)
+            store = Store(parts, layers, corpus.lines, loaded.n_layers + 1, width,
+                          resume=resume and has_run, note=note)
+        except OSError as e:
+            raise EmbedError(f"--output: cannot write in {parts}: {e.strerror or e}") from None
+        try:
+            for path in sorted(parts.glob("part-*.hdf5")):  # saved by the Beam pipeline's workers
+                store.add_part(path)
+            done = store.done
             resumed = int(done.sum())
             if resumed and progress is not None:
                 progress.write(f"embed: {resumed:,} of {corpus.lines:,} lines were already "
                                f"embedded in {parts}; embedding the rest\n")
             meter = _Meter(corpus.lines, resumed, progress)
-            writer = _Writer(parts, assembler)
+            writer = _Writer(parts, store)
             writer.start()
             try:
-                for lines in _windows(read_corpus(corpus.path), done if resumed else None, window):
+                for lines in _windows(read_corpus(corpus.path), done.copy() if resumed else None, window):
                     writer.put(_embed_window(loaded, lines, layers, batch_size, max_tokens, meter))
                 writer.close()
             finally:
                 if writer.is_alive():  # stopped by an error: let it drain, keep what it saved
                     writer.queue.put(None)
                     writer.join()
-            assembler.finish(output)
+            store.finish(output)
         finally:
-            assembler.close()
+            store.close()
         meter.finish()
         # run.json goes first: a parts directory without it is only leftovers.
         (parts / RUN_FILE).unlink()

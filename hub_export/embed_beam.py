@@ -9,9 +9,9 @@ The pipeline does what `embed` does, window by window, so the numbers are the sa
          with `embed`'s own length-sorted batching (`ElmoWindowHandler`)
       -> each window saved as a part, `<output>.parts/part-<first line>.hdf5`
 
-The parts are `embed`'s kill-safe parts (`embed_store`), and `run.json` beside them is the
-one `embed` writes, so the merge step is `embed --resume`'s: it finds every line saved
-and assembles the output in the original layout. A pipeline that died halfway is
+`run.json` beside the parts is the one `embed` writes, so the merge step is `embed
+--resume`'s: it moves every part into the output being assembled (`embed_store`) and
+completes it in the original layout. A pipeline that died halfway is
 finished the same way: `embed --resume` (locally) or the Beam command again with
 `--resume` (windows already saved are not embedded again).
 
@@ -32,12 +32,14 @@ import shutil
 from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
+import numpy as np
+
 from hub_export.embed import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, WINDOW_BATCHES,
                               EmbedResult, _check_flags, _check_resumable, _embed_window,
                               check_module_dir, check_output, embed, load_module, run_record,
                               scan_corpus)
-from hub_export.embed_store import (LOCK_FILE, RUN_FILE, EmbedError, Window, locked, parts_dir,
-                                    read_part, write_json, write_part)
+from hub_export.embed_store import (LOCK_FILE, RUN_FILE, EmbedError, Store, Window, locked,
+                                    parts_dir, read_part, write_json, write_part)
 
 BEAM_MISSING = ("--runner: Apache Beam is not installed: pip install -e '.[beam]' (the "
                 "hub_export[beam] extra), or leave out --runner to embed locally")
@@ -53,11 +55,13 @@ def beam_available() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
-    """Lines [first, first + count) of the input, starting at byte `offset`."""
+    """Lines [first, first + count) of the input, starting at byte `offset`, but for those
+    at the positions `skip` in it (saved by an earlier run)."""
 
     first: int
     count: int
     offset: int
+    skip: tuple[int, ...] = ()
 
 
 def window_specs(path: Path, n_lines: int, window: int) -> list[WindowSpec]:
@@ -77,8 +81,11 @@ def read_window(spec: WindowSpec, path: str) -> list[tuple[int, list[str]]]:
     out = []
     with open(path, "rb") as f:
         f.seek(spec.offset)
+        skip = set(spec.skip)
         for k in range(spec.count):
-            out.append((spec.first + k, f.readline().decode("utf-8").split()))
+            line = f.readline()
+            if k not in skip:
+                out.append((spec.first + k, line.decode("utf-8").split()))
     return out
 
 
@@ -166,18 +173,27 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with locked(parts):
-        done_first: set[int] = set()
+        done = np.zeros(corpus.lines, bool)
         if resume and has_run:
             _check_resumable(parts, run, json.loads((parts / RUN_FILE).read_text()))
-            width = load_module(module_path).width(layers)
+            loaded = load_module(module_path)
+            depth, width = loaded.n_layers + 1, loaded.width(layers)
             for path in sorted(parts.glob("part-*.hdf5")):
-                done_first.add(int(read_part(path, layers, corpus.lines, width, values=False).lines[0]))
+                done[read_part(path, layers, corpus.lines, depth, width, values=False).lines] = True
+            # Lines a merge already moved into the output being assembled.
+            store = Store(parts, layers, corpus.lines, depth, width, resume=True)
+            done |= store.done
+            store.close()
         else:  # a fresh start: nothing from before counts
             for entry in parts.iterdir():
                 if entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             write_json(parts / RUN_FILE, run)
-    specs = [s for s in window_specs(corpus.path, corpus.lines, window) if s.first not in done_first]
+    specs = []
+    for spec in window_specs(corpus.path, corpus.lines, window):
+        saved = np.flatnonzero(done[spec.first: spec.first + spec.count])
+        if len(saved) < spec.count:
+            specs.append(dataclasses.replace(spec, skip=tuple(int(k) for k in saved)))
     if progress is not None:
         progress.write(f"embed: {runner}: {len(specs)} window(s) of up to {window} lines to embed\n")
     if specs:

@@ -2,26 +2,30 @@
 
 HDF5 keeps a file's metadata (B-trees, heaps, object headers) in a cache and writes it
 back when it likes, updating structures in place; a process killed while a file is open
-for writing can leave that file unreadable, even one flushed a moment before. So no
-hdf5 file here is ever written under its final name:
+for writing can leave that file unreadable, even one flushed a moment before. So the
+output is never written under its final name. `<output>.parts/` holds:
 
-* Every finished window of lines is a part, `<output>.parts/part-<first line>.hdf5`,
-  written under a temporary name, flushed to disk and renamed: a part is complete or
-  absent. A part holds `line_index` int64 [k], `n_tokens` int64 [k] and `values`, the
-  lines' outputs joined along the tokens (all: [L+1, sum n, 2P]; elmo: [sum n, E];
-  default: [k, E]).
-* The output is assembled in `<output>.parts/assembling.hdf5`, a scratch file, by a
-  separate process (`python -m hub_export.embed_store`: h5py holds the GIL while it
-  writes a part), then renamed to `<output>` once every line is in. The one-dataset-a-line
-  layouts are written by `FlatHdf5Writer`, not libhdf5: at about 100 us of CPU a dataset,
-  libhdf5 took a fifth of the module's speed on two cores.
-* `<output>.parts/run.json` records the module, the input and the flags; a resume with
-  other ones is refused rather than mixing two runs' numbers. It is written before any
-  part and removed right after the output is in place, so a parts directory without it
-  holds nothing of value.
+* `output.partial`: the output being written, each window's values written once, where
+  they stay. For one dataset a line (`all`, `elmo`) it is a `FlatHdf5Writer` file: the
+  values are appended and the datasets' headers come at the end. For `default` it is an
+  hdf5 file made up front with its one dataset `[n_lines, E]` allocated, whose rows are
+  written in place. It is not an hdf5 file until it is complete, hence the suffix.
+* `journal`: a record per window whose values are in `output.partial` and on disk (the
+  values are flushed to disk before their record is appended): its lines, their token
+  counts and where their values start. A record cut short by a kill, or one that does not
+  fit, ends the journal; the lines after it are embedded again.
+* `run.json`: the module, the input and the flags; a resume with other ones is refused
+  rather than mixing two runs' numbers. It is written before anything else and removed
+  right after the output is in place, so a parts directory without it holds nothing of
+  value.
+* `part-<first line>.hdf5`: a window saved by a worker of the Beam pipeline (`embed_beam`),
+  written under a temporary name, flushed and renamed, so a part is complete or absent.
+  `embed --resume` moves each into `output.partial` (its record journaled, then the part
+  deleted).
 
-A resume throws the scratch file away, rebuilds it from the parts (copying, not
-recomputing) and embeds only the lines that no part holds.
+So a resume keeps what is in `output.partial` up to the last good record, cuts off the
+rest, and embeds only the lines that no record holds. When every line is in, the
+metadata is written, the file flushed to disk and renamed to `<output>`.
 """
 
 from __future__ import annotations
@@ -30,25 +34,27 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
-import signal
-import subprocess
-import sys
+import struct
+import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
 
 from hub_export.errors import HubExportError
-from hub_export.flat_hdf5 import FlatHdf5Writer
+from hub_export.flat_hdf5 import DATA_START, FlatHdf5Writer
 
 SENTENCE_DATASET = "sentence_embeddings"  # the one dataset of layers="default"
-PART_FORMAT = "hub_export.embed.part/1"
+PART_FORMAT = "hub_export.embed.part/2"
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
-ASSEMBLING = "assembling.hdf5"
+PARTIAL = "output.partial"
+JOURNAL = "journal"
+JOURNAL_MAGIC = b"hub_export.embed.journal/1\n"
+_RECORD = struct.Struct("<4sIQQ")  # b"WIN1", k lines, offset of their values, their bytes
+_RECORD_TAG = b"WIN1"
 # The oldest file format, h5py's default and what bilm-tf itself writes: readable by every
 # HDF5 reader, and (measured) no slower than the newer formats for 10^5 small datasets.
 LIBVER = "earliest"
@@ -60,11 +66,19 @@ class EmbedError(HubExportError, ValueError):
 
 @dataclasses.dataclass
 class Window:
-    """Lines embedded and saved together, in the part layout (see the module doc)."""
+    """Lines embedded and saved together.
 
-    lines: np.ndarray  # int64 [k], increasing
-    n_tokens: np.ndarray  # int64 [k]
-    values: np.ndarray | None  # None when read without values
+    Args:
+        lines: int64 [k], increasing. Their line indices.
+        n_tokens: int64 [k].
+        values: float32, the lines' outputs back to back, each in the output's layout:
+            all: [J * sum n, W], line after line its [J, n, W] block (J = L + 1);
+            elmo: [sum n, W]; default: [k, W]. None when read without values.
+    """
+
+    lines: np.ndarray
+    n_tokens: np.ndarray
+    values: np.ndarray | None
 
 
 def parts_dir(output: Path) -> Path:
@@ -105,6 +119,9 @@ def locked(parts: Path) -> Iterator[None]:
         os.close(fd)  # the lock goes with it, and with the process if it is killed
 
 
+# --------------------------------------------------------------------------- Beam's parts
+
+
 def write_part(parts: Path, window: Window, layers: str) -> Path:
     final = parts / f"part-{int(window.lines[0]):012d}.hdf5"
     tmp = parts / f".{final.name}.tmp-{os.getpid()}"
@@ -120,8 +137,13 @@ def write_part(parts: Path, window: Window, layers: str) -> Path:
     return final
 
 
-def read_part(path: Path, layers: str, n_lines: int, width: int, values: bool = True) -> Window:
-    """A saved part, checked against the run; EmbedError names the part if it does not fit."""
+def read_part(path: Path, layers: str, n_lines: int, depth: int, width: int,
+              values: bool = True) -> Window:
+    """A saved part, checked against the run; EmbedError names the part if it does not fit.
+
+    Args:
+        depth: int. J, the layers a line's `all` block holds (L + 1).
+    """
     advice = "delete it and run again with --resume to recompute its lines"
     try:
         with h5py.File(path, "r") as f:
@@ -134,225 +156,225 @@ def read_part(path: Path, layers: str, n_lines: int, width: int, values: bool = 
     except (OSError, KeyError, ValueError) as e:
         raise EmbedError(f"{path}: not a readable part of this run ({e}); {advice}") from None
     total = int(window.n_tokens.sum())
-    expected = {"all": (shape[0], total, width), "elmo": (total, width),
+    expected = {"all": (depth * total, width), "elmo": (total, width),
                 "default": (len(window.lines), width)}[layers]
     if (window.lines.shape != window.n_tokens.shape or shape != expected or len(window.lines) == 0
             or window.lines.min() < 0 or window.lines.max() >= n_lines
-            or np.any(np.diff(window.lines) <= 0)):
+            or np.any(np.diff(window.lines) <= 0) or np.any(window.n_tokens < 0)):
         raise EmbedError(f"{path}: its datasets do not fit this run (lines "
                          f"{window.lines[:3].tolist()}..., values {shape}); {advice}")
     return window
 
 
-class Assembler:
-    """Writes lines into the scratch file in the output layout.
+# --------------------------------------------------------------------------- the journal
 
-    One dataset per line (`all`, `elmo`) goes through `FlatHdf5Writer`, which appends the
-    values as they come and writes the datasets' metadata at the end.
+
+def _record(lines: np.ndarray, n_tokens: np.ndarray, offset: int, nbytes: int) -> bytes:
+    body = (_RECORD.pack(_RECORD_TAG, len(lines), offset, nbytes)
+            + np.ascontiguousarray(lines, "<i8").tobytes()
+            + np.ascontiguousarray(n_tokens, "<i8").tobytes())
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def read_journal(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, int, int]], int]:
+    """The whole records of a journal, in order, and the byte where they end.
+
+    A record is (lines, n_tokens, offset, nbytes). Reading stops at the first record that
+    is cut short or damaged (a kill mid-append); a missing or foreign file has none.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    if not data.startswith(JOURNAL_MAGIC):
+        return [], 0
+    records, at = [], len(JOURNAL_MAGIC)
+    while at + _RECORD.size <= len(data):
+        tag, k, offset, nbytes = _RECORD.unpack_from(data, at)
+        end = at + _RECORD.size + 16 * k + 4
+        if tag != _RECORD_TAG or end > len(data):
+            break
+        (crc,) = struct.unpack_from("<I", data, end - 4)
+        if zlib.crc32(data[at: end - 4]) != crc:
+            break
+        arrays = np.frombuffer(data, "<i8", 2 * k, at + _RECORD.size).astype(np.int64)
+        records.append((arrays[:k], arrays[k:], offset, nbytes))
+        at = end
+    return records, at
+
+
+def journaled_lines(parts: Path) -> int:
+    """How many lines the journal in `parts` records as saved."""
+    records, _ = read_journal(parts / JOURNAL)
+    return sum(len(lines) for lines, _, _, _ in records)
+
+
+class Store:
+    """The output being written, and its journal (see the module doc).
+
+    Args:
+        parts: Path. The run's parts directory (it exists and is locked).
+        layers: "all", "elmo" or "default".
+        n_lines: int. Lines in the input.
+        depth: int. J, the layers of a line's `all` block (L + 1).
+        width: int. The values' last dimension.
+        resume: bool. Keep what a killed run saved; otherwise start afresh.
+        note: called with a sentence when part of what a killed run left cannot be used
+            (its lines are embedded again).
+
+    After construction, `done` marks the lines already saved.
     """
 
-    def __init__(self, path: Path, layers: str, n_lines: int, width: int):
-        self.path = path
+    def __init__(self, parts: Path, layers: str, n_lines: int, depth: int, width: int,
+                 resume: bool, note: Callable[[str], None] = lambda text: None):
+        self.parts = parts
         self.layers = layers
         self.n_lines = n_lines
+        self.depth = depth
         self.width = width
-        self.file = None
-        self.table = None
-        self.lines = None  # FlatHdf5Writer, made at the first window (it gives L + 1)
-        if layers == "default":
-            self.file = h5py.File(path, "w", libver=LIBVER)
-            # Rows never written keep the fill value 0 (only lines with no tokens).
-            self.table = self.file.create_dataset(SENTENCE_DATASET, (n_lines, width), np.float32)
+        self.path = parts / PARTIAL
+        self.done = np.zeros(n_lines, bool)
+        self.lines: FlatHdf5Writer | None = None  # all, elmo
+        self.table_fd: int | None = None  # default: the file, and where its dataset starts
+        self.table_offset: int | None = None
+        self.journal = None
+        records, journal_end = read_journal(parts / JOURNAL) if resume else ([], 0)
+        kept = self._reopen(records, note) if records else None
+        if kept is None:
+            self._create()
+            records, journal_end = [], 0
+        else:
+            records, journal_end = kept
+        if journal_end:
+            self.journal = open(parts / JOURNAL, "r+b")
+            self.journal.truncate(journal_end)
+            self.journal.seek(journal_end)
+        else:
+            self.journal = open(parts / JOURNAL, "wb")
+            self.journal.write(JOURNAL_MAGIC)
+            self._sync_journal()
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * 4
+
+    def _create(self) -> None:
+        if self.layers != "default":
+            lead = (self.depth,) if self.layers == "all" else ()
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,))
+            return
+        # The dataset's storage is allocated now and never filled: rows not yet written
+        # are holes in the file, read as zeros, the `default` of an empty line.
+        with h5py.File(self.path, "w", libver=LIBVER) as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            space = h5py.h5s.create_simple((self.n_lines, self.width))
+            dataset = h5py.h5d.create(f.id, SENTENCE_DATASET.encode(), h5py.h5t.IEEE_F32LE, space,
+                                      dcpl=dcpl)
+            self.table_offset = dataset.get_offset()  # None without rows
+        self.table_fd = os.open(self.path, os.O_WRONLY)
+
+    def _reopen(self, records: list, note: Callable[[str], None]) -> tuple[list, int] | None:
+        """Takes over what a killed run saved; None if nothing of it can be used."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            note(f"{self.path} is missing; embedding every line again")
+            return None
+        if self.layers == "default":
+            try:
+                with h5py.File(self.path, "r") as f:
+                    dataset = f[SENTENCE_DATASET]
+                    if dataset.shape != (self.n_lines, self.width):
+                        raise ValueError(f"shape {dataset.shape}")
+                    self.table_offset = dataset.id.get_offset()
+            except (OSError, KeyError, ValueError) as e:
+                note(f"{self.path} is damaged ({e}); embedding every line again")
+                return None
+        lead = (self.depth,) if self.layers == "all" else ()
+        row_bytes = int(np.prod(lead + (self.width,))) * 4
+        end = DATA_START
+        good, journal_end = 0, len(JOURNAL_MAGIC)
+        for lines, n_tokens, offset, nbytes in records:
+            fits = (len(lines) > 0 and lines.min() >= 0 and lines.max() < self.n_lines
+                    and np.all(np.diff(lines) > 0) and np.all(n_tokens >= 0)
+                    and not self.done[lines].any())
+            if self.layers != "default":
+                fits = (fits and offset == end and nbytes == int(n_tokens.sum()) * row_bytes
+                        and offset + nbytes <= size)
+            if not fits:
+                note(f"{self.parts / JOURNAL}: record {good + 1} does not fit what was saved; "
+                     "embedding its lines and those after it again")
+                break
+            self.done[lines] = True
+            end = offset + nbytes
+            good += 1
+            journal_end += _RECORD.size + 16 * len(lines) + 4
+        if self.layers == "default":
+            self.table_fd = os.open(self.path, os.O_WRONLY)
+        else:
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,), keep=end)
+            for lines, n_tokens, offset, _ in records[:good]:
+                self.lines.place(lines, n_tokens, offset)
+        return records[:good], journal_end
 
     def add(self, window: Window) -> None:
-        if self.table is not None:
-            # Consecutive lines go in as one slice (a window is usually a single run).
+        """Writes a window's values, puts them on disk, then journals them."""
+        values = np.ascontiguousarray(window.values, np.float32)
+        if self.table_fd is not None:
+            offset, nbytes = 0, 0
+            # Consecutive lines go in as one write (a window is usually a single run).
             breaks = np.flatnonzero(np.diff(window.lines) != 1) + 1
             for rows in np.split(np.arange(len(window.lines)), breaks):
                 first = int(window.lines[rows[0]])
-                self.table[first: first + len(rows)] = window.values[rows[0]: rows[-1] + 1]
+                os.pwrite(self.table_fd, memoryview(values[rows[0]: rows[-1] + 1]).cast("B"),
+                          self.table_offset + first * self.row_bytes)
+            os.fdatasync(self.table_fd)
+        else:
+            offset = self.lines.add(window.lines, window.n_tokens, values)
+            nbytes = values.nbytes
+            self.lines.flush()
+        self.journal.write(_record(window.lines, window.n_tokens, offset, nbytes))
+        self._sync_journal()
+        self.done[window.lines] = True
+
+    def add_part(self, path: Path) -> None:
+        """Moves a part a Beam worker saved into the output, then deletes it."""
+        window = read_part(path, self.layers, self.n_lines, self.depth, self.width, values=False)
+        if self.done[window.lines].all():  # moved in already, by a run killed before deleting it
+            path.unlink()
             return
-        values = window.values
-        if self.lines is None:
-            lead = (values.shape[0],) if self.layers == "all" else ()
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,))
-        if self.layers == "all":
-            values = _line_major(values, window.n_tokens)
-        self.lines.add(window.lines, window.n_tokens, np.ascontiguousarray(values, np.float32))
-
-    def finish(self) -> None:
-        """Completes the file (every line must have been added)."""
-        if self.table is not None:
-            self.file.close()
-            return
-        if self.lines is None:  # an input without lines: a file without datasets
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, (), (self.width,))
-        self.lines.close()
-
-    def close(self) -> None:
-        """Lets go of the file, finished or not."""
-        if self.file is not None and self.file.id.valid:
-            self.file.close()
-        if self.lines is not None:
-            self.lines.abort()
-
-
-def _line_major(values: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
-    """[J, sum n, W] (layers outermost) -> the lines' [J, n, W] blocks back to back."""
-    J, total, width = values.shape
-    out = np.empty((J * total, width), np.float32)
-    line = np.repeat(np.arange(len(n_tokens)), n_tokens)  # each token's line
-    first = np.concatenate([[0], np.cumsum(n_tokens)[:-1]])[line]  # its line's first token
-    token = np.arange(total)
-    # Token t of line k, layer j goes to row J * first_k + j * n_k + (t - first_k).
-    for j in range(J):
-        out[(J - 1) * first + j * n_tokens[line] + token] = values[j]
-    return out
-
-
-def _die_with_parent() -> None:
-    # Linux: be killed when the embed process dies, even by SIGKILL, instead of writing on
-    # into a scratch file that a resume is about to replace.
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def _read_exactly(stream, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise EOFError("the embed process stopped mid-window")
-    return data
-
-
-def _assemble_main(argv: list[str]) -> int:
-    """The assembling process: commands on stdin, one a line.
-
-    `window <k> <shape of values>` followed by the window's line_index (int64 [k]),
-    n_tokens (int64 [k]) and values (float32) as raw bytes: save the part, then add it.
-    `add <part path>`: add a part saved by an earlier run. `finish`: close the scratch
-    file, flush it to disk and reply `done` on stdout. On a failure: reply
-    `error: ...` and exit with status 1. At end of input: stop without finishing.
-    """
-    path = Path(argv[0])
-    layers, n_lines, width, parent = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        return 1
-    # Ctrl-C reaches the whole process group; the embed process decides what happens, and
-    # closing our input lets us save what we were sent before we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stdin = sys.stdin.buffer
-    assembler = None
-    try:
-        assembler = Assembler(path, layers, n_lines, width)
-        for line in stdin:
-            command, _, argument = line.decode("utf-8").rstrip("\n").partition(" ")
-            if command == "window":
-                k, *shape = (int(v) for v in argument.split())
-                lines = np.frombuffer(_read_exactly(stdin, 8 * k), np.int64)
-                n_tokens = np.frombuffer(_read_exactly(stdin, 8 * k), np.int64)
-                values = np.frombuffer(_read_exactly(stdin, 4 * math.prod(shape)), np.float32)
-                window = Window(lines=lines, n_tokens=n_tokens, values=values.reshape(shape))
-                write_part(path.parent, window, layers)
-                assembler.add(window)
-            elif command == "add":
-                assembler.add(read_part(Path(argument), layers, n_lines, width))
-            elif command == "finish":
-                assembler.finish()
-                fsync_path(path)
-                print("done", flush=True)
-                return 0
-            else:
-                raise EmbedError(f"assembler: unknown command {command!r}")
-    except EOFError:
-        return 1
-    except HubExportError as e:
-        print(f"error: {e}", flush=True)
-        return 1
-    except Exception as e:  # disk full, a permission: the parent reports it
-        print(f"error: writing {path.parent}: {type(e).__name__}: {e}", flush=True)
-        return 1
-    finally:
-        if assembler is not None:
-            assembler.close()
-    return 1
-
-
-class AssemblerProcess:
-    """The embed process's handle on the assembling process (see `_assemble_main`).
-
-    Saving parts and assembling run there rather than in a thread: h5py holds the GIL
-    for each of its calls, which would stall the module's calls. Data goes over a pipe,
-    whose writes release the GIL.
-    """
-
-    def __init__(self, path: Path, layers: str, n_lines: int, width: int):
-        self.path = path
-        # The child imports hub_export (not TensorFlow); make sure it finds this copy.
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub_export.embed_store", str(path), layers, str(n_lines),
-             str(width), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-
-    def add(self, part: Path) -> None:
-        """Adds a part an earlier run saved."""
-        self._send(f"add {part}\n".encode())
-
-    def save(self, window: Window) -> None:
-        """Saves a window as a part, then adds it."""
-        values = np.ascontiguousarray(window.values, np.float32)
-        header = " ".join(map(str, (len(window.lines), *values.shape)))
-        self._send(f"window {header}\n".encode(),
-                   np.ascontiguousarray(window.lines, np.int64).data,
-                   np.ascontiguousarray(window.n_tokens, np.int64).data, values.data)
+        if self.done[window.lines].any():
+            raise EmbedError(f"{path}: holds lines that are saved already, and others; delete it "
+                             "and run again with --resume")
+        self.add(read_part(path, self.layers, self.n_lines, self.depth, self.width))
+        path.unlink()
 
     def finish(self, output: Path) -> None:
-        """Waits for every part to be in, then renames the scratch file to `output`."""
-        self._send(b"finish\n")
-        reply = self.proc.stdout.readline().decode("utf-8", "replace").strip()
-        self.proc.wait()
-        if reply != "done":
-            self._raise(reply)
+        """Completes the file (every line must be in) and renames it to `output`."""
+        if not self.done.all():
+            raise EmbedError(f"{self.parts}: {int((~self.done).sum())} lines are missing, the "
+                             f"first line {int(np.argmin(self.done))}; run again with --resume")
+        if self.table_fd is not None:
+            os.fsync(self.table_fd)
+            os.close(self.table_fd)
+            self.table_fd = None
+        else:
+            self.lines.close()
+            fsync_path(self.path)
         os.replace(self.path, output)
         fsync_path(output.parent)
 
     def close(self) -> None:
-        """Stops the process if it still runs (after an error or an interrupt), letting it
-        first save the windows it was sent: they need not be computed again."""
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # end of input: it saves what it has, then stops
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        with contextlib.suppress(OSError):
-            self.proc.stdout.close()
+        """Lets go of the files, finished or not."""
+        if self.table_fd is not None:
+            os.close(self.table_fd)
+            self.table_fd = None
+        if self.lines is not None:
+            self.lines.abort()
+        if self.journal is not None:
+            self.journal.close()
 
-    def _send(self, *chunks) -> None:
-        if self.proc.poll() is not None:
-            self._raise(self.proc.stdout.read().decode("utf-8", "replace").strip())
-        try:
-            for chunk in chunks:
-                self.proc.stdin.write(chunk)
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            self.proc.wait()
-            self._raise(self.proc.stdout.read().decode("utf-8", "replace").strip())
-
-    def _raise(self, reply: str) -> None:
-        message = reply[len("error: "):] if reply.startswith("error: ") else (
-            f"the assembling process stopped (exit status {self.proc.poll()}) {reply}".strip())
-        raise EmbedError(message)
-
-
-if __name__ == "__main__":
-    sys.exit(_assemble_main(sys.argv[1:]))
+    def _sync_journal(self) -> None:
+        self.journal.flush()
+        os.fdatasync(self.journal.fileno())

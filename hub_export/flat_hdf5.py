@@ -62,9 +62,13 @@ class FlatHdf5Writer:
         path: the file to create (truncated).
         n: int. Number of datasets; every one must be added before `close`.
         lead, trail: tuple[int, ...]. The fixed dimensions before and after the varying one.
+        keep: int or None. None: a new file. Otherwise go on with a file that a writer
+            killed before `close` left: its first `keep` bytes stay (the rest is cut off),
+            and `place` says which datasets they hold.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int, lead: tuple[int, ...], trail: tuple[int, ...]):
+    def __init__(self, path: str | os.PathLike, n: int, lead: tuple[int, ...], trail: tuple[int, ...],
+                 keep: int | None = None):
         self.path = Path(path)
         self.n = n
         self.lead = tuple(int(d) for d in lead)
@@ -74,33 +78,67 @@ class FlatHdf5Writer:
         self.n_snods = -(-n // (2 * LEAF_K))  # symbol table nodes the names fill
         self.addresses = np.full(n, UNDEF, dtype=np.uint64)
         self.sizes = np.full(n, -1, dtype=np.int64)  # the varying dimension; -1: not added
-        self.file = open(self.path, "wb")
-        self.file.write(b"\0" * DATA_START)  # superblock and root header, filled in by close
-        self.end = DATA_START
+        if keep is None:
+            self.file = open(self.path, "wb")
+            self.file.write(b"\0" * DATA_START)  # superblock and root header, filled in by close
+            self.end = DATA_START
+        else:  # go on with a file a killed writer left: keep its first `keep` bytes
+            if keep < DATA_START:
+                raise ValueError(f"keep: {keep} is before the first dataset's data ({DATA_START})")
+            self.file = open(self.path, "r+b")
+            self.file.truncate(keep)
+            self.file.seek(keep)
+            self.end = keep
 
-    def add(self, indices: np.ndarray, sizes: np.ndarray, data: np.ndarray) -> None:
+    def nbytes(self, sizes: np.ndarray) -> int:
+        """Bytes of data that datasets of these varying dimensions take."""
+        return int(np.asarray(sizes, np.int64).sum()) * self.row_bytes
+
+    def place(self, indices: np.ndarray, sizes: np.ndarray, start: int) -> None:
+        """Records that datasets `indices` lie back to back in the file from `start`."""
+        indices = np.asarray(indices, np.int64)
+        sizes = np.asarray(sizes, np.int64)
+        nbytes = sizes * self.row_bytes
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
+            raise ValueError(f"dataset index out of range 0..{self.n - 1}")
+        if np.any(self.sizes[indices] >= 0) or len(np.unique(indices)) != len(indices):
+            raise ValueError("a dataset was added twice")
+        if np.any(sizes < 0) or start < DATA_START or start + int(nbytes.sum()) > self.end:
+            raise ValueError(f"datasets of sizes {sizes[:4].tolist()}... from byte {start} do not "
+                             f"lie in the data written so far (up to byte {self.end})")
+        starts = start + np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+        self.addresses[indices] = np.where(nbytes > 0, starts, UNDEF).astype(np.uint64)
+        self.sizes[indices] = sizes
+
+    def add(self, indices: np.ndarray, sizes: np.ndarray, data: np.ndarray) -> int:
         """Appends datasets whose values lie back to back in `data`, each in C order.
 
         Args:
             indices: int [k]. Which datasets (none added before).
             sizes: int [k]. Their varying dimension.
             data: float32, C-contiguous, holding exactly their values, in `indices` order.
+
+        Returns:
+            int. The file offset where `data` went.
         """
-        indices = np.asarray(indices, np.int64)
-        sizes = np.asarray(sizes, np.int64)
-        nbytes = sizes * self.row_bytes
-        if data.dtype != np.float32 or not data.flags.c_contiguous or data.nbytes != int(nbytes.sum()):
+        if data.dtype != np.float32 or not data.flags.c_contiguous or data.nbytes != self.nbytes(sizes):
             raise ValueError(f"data: {data.dtype} {data.shape} ({data.nbytes} bytes); the datasets "
-                             f"need {int(nbytes.sum())} bytes of float32 in C order")
-        if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
-            raise ValueError(f"dataset index out of range 0..{self.n - 1}")
-        if np.any(self.sizes[indices] >= 0) or len(np.unique(indices)) != len(indices):
-            raise ValueError("a dataset was added twice")
-        starts = self.end + np.concatenate([[0], np.cumsum(nbytes)[:-1]])
-        self.addresses[indices] = np.where(nbytes > 0, starts, UNDEF).astype(np.uint64)
-        self.sizes[indices] = sizes
-        self.file.write(memoryview(data).cast("B"))
-        self.end += int(nbytes.sum())
+                             f"need {self.nbytes(sizes)} bytes of float32 in C order")
+        start = self.end
+        self.end += data.nbytes
+        try:
+            self.place(indices, sizes, start)
+        except ValueError:
+            self.end = start
+            raise
+        if data.nbytes:  # (a window of empty lines has no bytes, and no view of them)
+            self.file.write(memoryview(data).cast("B"))
+        return start
+
+    def flush(self) -> None:
+        """Puts the data added so far on disk (not only in the kernel's cache)."""
+        self.file.flush()
+        os.fdatasync(self.file.fileno())
 
     def close(self) -> None:
         """Writes the metadata and the superblock. Raises ValueError if a dataset is missing."""

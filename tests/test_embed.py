@@ -21,8 +21,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import SMALL_OPTIONS, require_shared_fixture
-from hub_export.embed import EmbedError, embed, scan_corpus
-from hub_export.embed_store import SENTENCE_DATASET
+from hub_export.embed import EmbedError, embed, run_record, scan_corpus
+from hub_export.embed_store import (PARTIAL, RUN_FILE, SENTENCE_DATASET, Store, Window,
+                                    journaled_lines, write_json)
 
 ATOL = 1e-6
 SMALL_P = SMALL_OPTIONS["lstm"]["projection_dim"]
@@ -176,9 +177,9 @@ def assert_same_file(a: Path, b: Path) -> None:
 
 
 def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
-    """SIGKILL mid-run: no hdf5 file under a final name is unreadable, the output is not
-    there yet, and --resume completes it, without recomputing saved lines, to a file equal
-    to an uninterrupted run's."""
+    """SIGKILL mid-run: the output is not there yet (no half-written file under its name),
+    and --resume completes it, without recomputing saved lines, to a file equal to an
+    uninterrupted run's."""
     result, _, _ = small_export
     corpus = random_corpus(tmp_path / "corpus.txt", 4000)
     output = tmp_path / "out.hdf5"
@@ -188,7 +189,7 @@ def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "hub_export", "embed", "--quiet", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(parts.glob("part-*.hdf5"))) < 3:
+    while time.monotonic() < deadline and journaled_lines(parts) < 150:
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -197,19 +198,15 @@ def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
     proc.stderr.close()
 
     assert not output.exists(), "the run finished before the kill; the test proved nothing"
-    saved = 0
-    for part in parts.glob("part-*.hdf5"):  # every part under its final name opens, whole
-        with h5py.File(part, "r") as f:
-            n = f["n_tokens"][()]
-            assert f["values"].shape == (3, n.sum(), 2 * SMALL_P)
-            saved += len(n)
+    assert not list(parts.glob("*.hdf5")), "nothing in the parts directory poses as hdf5"
+    saved = journaled_lines(parts)
     assert 150 <= saved < 4000
 
     resumed = subprocess.run([sys.executable, "-m", "hub_export", "embed", "--resume", *flags],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == str(output)
-    # The lines in the parts were copied, not recomputed.
+    # The saved lines were kept, not recomputed.
     match = re.search(r"embed: ([\d,]+) of 4,000 lines were already embedded", resumed.stderr)
     assert match and int(match.group(1).replace(",", "")) == saved, resumed.stderr
     assert not parts.exists()
@@ -232,7 +229,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_computed(small_export, tmp_path
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(parts.glob("part-*.hdf5")):
+    while time.monotonic() < deadline and not journaled_lines(parts):
         assert proc.poll() is None
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
@@ -242,9 +239,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_computed(small_export, tmp_path
                      r"again with --resume to finish$", stderr, re.M), stderr
     assert "Traceback" not in stderr and stdout == ""
     assert not output.exists() and (parts / "run.json").exists()
-    for part in parts.glob("part-*.hdf5"):
-        with h5py.File(part, "r") as f:
-            assert len(f["line_index"]) > 0
+    saved = journaled_lines(parts)
+    assert saved >= 50
+    resumed = embed(result.path, corpus, output, batch_size=16, window=50, resume=True)
+    assert (resumed.resumed, resumed.embedded) == (saved, 4000 - saved)
 
 
 def test_resume_of_a_finished_run_changes_nothing(small_export, tmp_path):
@@ -420,3 +418,41 @@ def test_cli_reports_errors_without_a_traceback(small_export, tmp_path):
     want = (r"^error: --input: .*nope\.txt: file not found$" if beam_available()
             else r"^error: --runner: Apache Beam is not installed")
     assert re.search(want, beam.stderr, re.M), beam.stderr
+
+
+def test_resume_after_a_kill_between_rename_and_cleanup(small_export, tmp_path):
+    """The output is in place but the parts directory is not yet removed: nothing is
+    embedded again and the output stays as it is."""
+    result, _, _ = small_export
+    corpus = random_corpus(tmp_path / "corpus.txt", 40)
+    output = tmp_path / "out.hdf5"
+    embed(result.path, corpus, output, window=16)
+    before = output.read_bytes()
+    # Bring back the parts directory as it was right after the rename.
+    parts = tmp_path / "out.hdf5.parts"
+    parts.mkdir()
+    info = scan_corpus(corpus)
+    write_json(parts / RUN_FILE, run_record(result.path, info, "all", 256))
+    store = Store(parts, "all", 40, 3, 2 * SMALL_P, resume=False)
+    for first in range(0, 40, 16):
+        lines = np.arange(first, min(first + 16, 40))
+        store.add(Window(lines=lines, n_tokens=np.zeros(len(lines), np.int64),
+                         values=np.zeros((0, 2 * SMALL_P), np.float32)))
+    store.close()
+    (parts / PARTIAL).unlink()
+    again = embed(result.path, corpus, output, window=16, resume=True)
+    assert (again.embedded, again.resumed) == (0, 40)
+    assert output.read_bytes() == before and not parts.exists()
+
+
+@pytest.mark.parametrize("layers", ["all", "elmo", "default"])
+def test_a_corpus_of_empty_lines(small_export, tmp_path, layers):
+    result, _, _ = small_export
+    corpus = write_corpus(tmp_path / "blank.txt", ["", "", ""])
+    embed(result.path, corpus, tmp_path / "out.hdf5", layers=layers)
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        if layers == "default":
+            np.testing.assert_array_equal(f[SENTENCE_DATASET][()], np.zeros((3, 2 * SMALL_P)))
+        else:
+            shape = (3, 0, 2 * SMALL_P) if layers == "all" else (0, 2 * SMALL_P)
+            assert [f[str(i)].shape for i in range(3)] == [shape] * 3

@@ -3,6 +3,8 @@ module), merged into the same hdf5 file as the local path."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import subprocess
 import sys
 
@@ -10,9 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from hub_export.embed import embed
-from hub_export.embed_beam import beam_available, embed_beam, window_specs, read_window
-from hub_export.embed_store import EmbedError
+from hub_export.embed import (DEFAULT_MAX_TOKENS, _embed_window, embed, load_module, run_record,
+                              scan_corpus)
+from hub_export.embed_beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
+from hub_export.embed_store import RUN_FILE, EmbedError, Store, parts_dir, write_json
 from test_embed import random_corpus
 
 needs_beam = pytest.mark.skipif(
@@ -72,3 +75,38 @@ def test_without_beam_the_message_says_how_to_install(small_export, tmp_path):
     corpus = random_corpus(tmp_path / "corpus.txt", 3)
     with pytest.raises(EmbedError, match=r"Apache Beam is not installed: pip install -e '\.\[beam\]'"):
         embed_beam(small_export[0].path, corpus, tmp_path / "o.hdf5")
+
+
+def test_read_window_leaves_out_saved_lines(tmp_path):
+    corpus = random_corpus(tmp_path / "c.txt", 12, seed=5)
+    lines = corpus.read_text().split("\n")[:-1]
+    spec = dataclasses.replace(window_specs(corpus, 12, 6)[1], skip=(0, 2, 3))
+    assert read_window(spec, str(corpus)) == [(i, lines[i].split()) for i in (7, 10, 11)]
+
+
+@needs_beam
+def test_resume_embeds_only_what_an_interrupted_merge_left(small_export, tmp_path):
+    """A merge killed midway: its journal holds whole and partial windows of the pipeline's
+    grid; the Beam run with --resume embeds only the other lines and equals the local path."""
+    module = small_export[0].path
+    corpus = random_corpus(tmp_path / "corpus.txt", 100, seed=3)
+    local = embed(module, corpus, tmp_path / "local.hdf5", layers="all", batch_size=16)
+    output = tmp_path / "beam.hdf5"
+    parts = parts_dir(output)
+    parts.mkdir()
+    write_json(parts / RUN_FILE, run_record(module, scan_corpus(corpus), "all", DEFAULT_MAX_TOKENS))
+    loaded = load_module(module)
+    store = Store(parts, "all", 100, loaded.n_layers + 1, loaded.width("all"), resume=False)
+    texts = corpus.read_text().split("\n")
+    for lines in (range(0, 40), range(50, 55)):
+        store.add(_embed_window(loaded, [(i, texts[i].split()) for i in lines], "all", 16,
+                                DEFAULT_MAX_TOKENS, _NoMeter()))
+    store.close()
+    said = io.StringIO()
+    result = embed_beam(module, corpus, output, layers="all", batch_size=16, window=32,
+                        resume=True, progress=said)
+    # Windows 0-31 (saved), 32-63 (partly: 40-49 and 56-63 to do), 64-95, 96-99. A line
+    # embedded twice would make the merge refuse its part.
+    assert "DirectRunner: 3 window(s) of up to 32 lines to embed" in said.getvalue()
+    assert (result.resumed, result.embedded) == (100, 0)
+    assert_close_files(output, local.path)

@@ -97,3 +97,40 @@ def test_refuses_missing_duplicate_and_misshapen_datasets(tmp_path):
         writer.add([3], [0], np.zeros(0, np.float32))
     with pytest.raises(ValueError, match=r"2 datasets were never added \(the first: 1\)"):
         writer.close()
+
+
+def test_goes_on_with_a_file_a_killed_writer_left(tmp_path):
+    """`keep` keeps the data of the datasets `place` names and cuts off what came after."""
+    values = random_values(30, (2,), (3,))
+    path = tmp_path / "f.hdf5"
+    first = FlatHdf5Writer(path, 30, (2,), (3,))
+    starts = []
+    for chunk in (range(0, 10), range(10, 20), range(20, 25)):
+        data = np.concatenate([values[i].ravel() for i in chunk])
+        starts.append(first.add(list(chunk), [values[i].shape[1] for i in chunk], data))
+    first.abort()  # killed; say only the first two adds were known to be on disk
+    with pytest.raises(ValueError, match=r"keep: 12 is before the first dataset's data"):
+        FlatHdf5Writer(path, 30, (2,), (3,), keep=12)
+    again = FlatHdf5Writer(path, 30, (2,), (3,), keep=starts[2])
+    for chunk, start in zip((range(0, 10), range(10, 20)), starts):
+        again.place(list(chunk), [values[i].shape[1] for i in chunk], start)
+    with pytest.raises(ValueError, match=r"do not lie in the data written so far"):
+        again.place([20], [values[20].shape[1] + 1000], starts[2] - 8)
+    rest = range(20, 30)
+    again.add(list(rest), [values[i].shape[1] for i in rest],
+              np.concatenate([values[i].ravel() for i in rest]))
+    again.close()
+    with h5py.File(path, "r") as f:
+        assert len(f) == 30
+        for i, value in enumerate(values):
+            np.testing.assert_array_equal(f[str(i)][()], value)
+
+
+def test_an_add_of_empty_datasets_only(tmp_path):
+    writer = FlatHdf5Writer(tmp_path / "f.hdf5", 3, (3,), (4,))
+    writer.add([0, 1], [0, 0], np.zeros((0, 4), np.float32))
+    writer.add([2], [1], np.ones((3, 4), np.float32))
+    writer.close()
+    with h5py.File(tmp_path / "f.hdf5", "r") as f:
+        assert f["0"].shape == f["1"].shape == (3, 0, 4)
+        np.testing.assert_array_equal(f["2"][()], np.ones((3, 1, 4), np.float32))
