@@ -71,7 +71,7 @@ class EmbedResult:
         path: Path. The output file.
         lines: int. Lines in the input (all of them are in the output).
         embedded: int. Lines embedded by this call.
-        resumed: int. Lines a killed run had already saved, copied rather than computed.
+        resumed: int. Lines a killed run had already saved, kept rather than computed.
         tokens: int. Tokens embedded by this call.
         seconds: float. Wall time from the first batch to the output in place.
     """

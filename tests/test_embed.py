@@ -181,7 +181,7 @@ def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
     and --resume completes it, without recomputing saved lines, to a file equal to an
     uninterrupted run's."""
     result, _, _ = small_export
-    corpus = random_corpus(tmp_path / "corpus.txt", 4000)
+    corpus = random_corpus(tmp_path / "corpus.txt", 2000)
     output = tmp_path / "out.hdf5"
     parts = tmp_path / "out.hdf5.parts"
     flags = ["--module", str(result.path), "--input", str(corpus), "--output", str(output),
@@ -200,25 +200,25 @@ def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
     assert not output.exists(), "the run finished before the kill; the test proved nothing"
     assert not list(parts.glob("*.hdf5")), "nothing in the parts directory poses as hdf5"
     saved = journaled_lines(parts)
-    assert 150 <= saved < 4000
+    assert 150 <= saved < 2000
 
     resumed = subprocess.run([sys.executable, "-m", "hub_export", "embed", "--resume", *flags],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == str(output)
     # The saved lines were kept, not recomputed.
-    match = re.search(r"embed: ([\d,]+) of 4,000 lines were already embedded", resumed.stderr)
+    match = re.search(r"embed: ([\d,]+) of 2,000 lines were already embedded", resumed.stderr)
     assert match and int(match.group(1).replace(",", "")) == saved, resumed.stderr
     assert not parts.exists()
 
     whole = embed(result.path, corpus, tmp_path / "whole.hdf5", batch_size=16, window=50)
-    assert whole.lines == 4000
+    assert whole.lines == 2000
     assert_same_file(output, whole.path)
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_computed(small_export, tmp_path):
     result, _, _ = small_export
-    corpus = random_corpus(tmp_path / "corpus.txt", 4000)
+    corpus = random_corpus(tmp_path / "corpus.txt", 1500)
     output = tmp_path / "out.hdf5"
     parts = tmp_path / "out.hdf5.parts"
     # A shell starts a background job (`pytest ... &`) with SIGINT ignored, and a child
@@ -242,7 +242,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_computed(small_export, tmp_path
     saved = journaled_lines(parts)
     assert saved >= 50
     resumed = embed(result.path, corpus, output, batch_size=16, window=50, resume=True)
-    assert (resumed.resumed, resumed.embedded) == (saved, 4000 - saved)
+    assert (resumed.resumed, resumed.embedded) == (saved, 1500 - saved)
 
 
 def test_resume_of_a_finished_run_changes_nothing(small_export, tmp_path):
