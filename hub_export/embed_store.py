@@ -233,6 +233,9 @@ class Store:
         self.depth = depth
         self.width = width
         self.path = parts / PARTIAL
+        # One dataset a line: a line's [J, n, W] (all) or [n, W] (elmo) block.
+        self.lead = (depth,) if layers == "all" else ()
+        self.token_bytes = int(np.prod(self.lead + (width,))) * 4  # a token's values in it
         self.done = np.zeros(n_lines, bool)
         self.lines: FlatHdf5Writer | None = None  # all, elmo
         self.table_fd: int | None = None  # default: the file, and where its dataset starts
@@ -254,14 +257,9 @@ class Store:
             self.journal.write(JOURNAL_MAGIC)
             self._sync_journal()
 
-    @property
-    def row_bytes(self) -> int:
-        return self.width * 4
-
     def _create(self) -> None:
         if self.layers != "default":
-            lead = (self.depth,) if self.layers == "all" else ()
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,))
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, self.lead, (self.width,))
             return
         # The dataset's storage is allocated now and never filled: rows not yet written
         # are holes in the file, read as zeros, the `default` of an empty line.
@@ -291,8 +289,6 @@ class Store:
             except (OSError, KeyError, ValueError) as e:
                 note(f"{self.path} is damaged ({e}); embedding every line again")
                 return None
-        lead = (self.depth,) if self.layers == "all" else ()
-        row_bytes = int(np.prod(lead + (self.width,))) * 4
         end = DATA_START
         good, journal_end = 0, len(JOURNAL_MAGIC)
         for lines, n_tokens, offset, nbytes in records:
@@ -300,7 +296,7 @@ class Store:
                     and np.all(np.diff(lines) > 0) and np.all(n_tokens >= 0)
                     and not self.done[lines].any())
             if self.layers != "default":
-                fits = (fits and offset == end and nbytes == int(n_tokens.sum()) * row_bytes
+                fits = (fits and offset == end and nbytes == int(n_tokens.sum()) * self.token_bytes
                         and offset + nbytes <= size)
             if not fits:
                 note(f"{self.parts / JOURNAL}: record {good + 1} does not fit what was saved; "
@@ -313,7 +309,7 @@ class Store:
         if self.layers == "default":
             self.table_fd = os.open(self.path, os.O_WRONLY)
         else:
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, lead, (self.width,), keep=end)
+            self.lines = FlatHdf5Writer(self.path, self.n_lines, self.lead, (self.width,), keep=end)
             for lines, n_tokens, offset, _ in records[:good]:
                 self.lines.place(lines, n_tokens, offset)
         return records[:good], journal_end
@@ -328,7 +324,7 @@ class Store:
             for rows in np.split(np.arange(len(window.lines)), breaks):
                 first = int(window.lines[rows[0]])
                 os.pwrite(self.table_fd, memoryview(values[rows[0]: rows[-1] + 1]).cast("B"),
-                          self.table_offset + first * self.row_bytes)
+                          self.table_offset + first * self.width * 4)
             os.fdatasync(self.table_fd)
         else:
             offset = self.lines.add(window.lines, window.n_tokens, values)
@@ -340,14 +336,13 @@ class Store:
 
     def add_part(self, path: Path) -> None:
         """Moves a part a Beam worker saved into the output, then deletes it."""
-        window = read_part(path, self.layers, self.n_lines, self.depth, self.width, values=False)
-        if self.done[window.lines].all():  # moved in already, by a run killed before deleting it
-            path.unlink()
-            return
-        if self.done[window.lines].any():
+        window = read_part(path, self.layers, self.n_lines, self.depth, self.width)
+        saved = self.done[window.lines]
+        if saved.any() and not saved.all():
             raise EmbedError(f"{path}: holds lines that are saved already, and others; delete it "
                              "and run again with --resume")
-        self.add(read_part(path, self.layers, self.n_lines, self.depth, self.width))
+        if not saved.any():  # else moved in already, by a run killed before deleting it
+            self.add(window)
         path.unlink()
 
     def finish(self, output: Path) -> None:
