@@ -30,8 +30,9 @@ along the tokens; its `default` is the mean over all of its tokens.
 
 Surviving a kill: the output is written beside its final name, in `<output>.parts/`,
 with a journal of the windows on disk, and appears, complete, only at the end (see
-`embed_store`); `resume=True` keeps what the journal records and embeds only the rest. So `<output>` is absent, the previous complete
-file, or the new complete file, and never half-written.
+`embed_store`); `resume=True` keeps what the journal records and embeds only the rest.
+So `<output>` is absent, the previous complete file, or the new complete file, and never
+half-written.
 """
 
 from __future__ import annotations
@@ -488,6 +489,16 @@ def _check_complete_output(output: Path, layers: str, n_lines: int) -> None:
                          f"the input with --layers {layers}; pass --overwrite to replace it")
 
 
+def _finished(output: Path, layers: str, n_lines: int) -> EmbedResult:
+    """A resume of a run whose output is in place: check it, remove what is left of the run."""
+    _check_complete_output(output, layers, n_lines)
+    parts = parts_dir(output)
+    (parts / RUN_FILE).unlink(missing_ok=True)  # first: without it the rest is leftovers
+    shutil.rmtree(parts, ignore_errors=True)
+    return EmbedResult(path=output, lines=n_lines, embedded=0, resumed=n_lines, tokens=0,
+                       seconds=0.0)
+
+
 def check_output(output: Path, resume: bool, overwrite: bool) -> bool:
     """Refuses an output that is a folder, or that exists or has an unfinished run while
     neither --resume nor --overwrite says what to do. Returns whether a run is unfinished."""
@@ -547,10 +558,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     corpus = scan_corpus(input)
     if resume and output.exists() and not has_run:
         # The run was finished: its parts directory goes only after the output is in place.
-        _check_complete_output(output, layers, corpus.lines)
-        shutil.rmtree(parts, ignore_errors=True)
-        return EmbedResult(path=output, lines=corpus.lines, embedded=0, resumed=corpus.lines,
-                           tokens=0, seconds=0.0)
+        return _finished(output, layers, corpus.lines)
     loaded = load_module(module)
     width = loaded.width(layers)
     try:
@@ -565,11 +573,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
             if (output.exists() and not (parts / PARTIAL).exists()
                     and journaled_lines(parts) == corpus.lines):
                 # Killed between putting the output in place and removing the parts.
-                _check_complete_output(output, layers, corpus.lines)
-                (parts / RUN_FILE).unlink()
-                shutil.rmtree(parts, ignore_errors=True)
-                return EmbedResult(path=output, lines=corpus.lines, embedded=0,
-                                   resumed=corpus.lines, tokens=0, seconds=0.0)
+                return _finished(output, layers, corpus.lines)
         else:
             for entry in parts.iterdir():  # a fresh start: nothing from before counts
                 if entry.name != LOCK_FILE:
