@@ -7,9 +7,17 @@ direction over all time steps, outside the recurrence. Each direction keeps its 
 weight matrices and its own plain matmuls: TF's CPU BatchMatMul over a stacked
 [2, ...] batch measured 2-4x slower per step than two MatMuls (benchmarks/RESULTS.md).
 
+Inside a layer the work is feature-major: matrices are held as [out, in] and multiply
+from the left (W @ h^T, state [D, B] and [P, B]). oneDNN's f32 GEMM ran the recurrent
+product [4D, P] @ [P, B] about 2x faster at B = 16 than h @ W [B, P] @ [P, 4D], and the
+all-steps input GEMM 2x faster too, on the 2-core AVX2 CPU; batch 1 was unchanged
+(benchmarks/RESULTS.md, 2026-11-26). The weight-file layout is restored by
+`weight_arrays`.
+
 Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 - `W_0` is [input; h_prev] x 4D: rows [:input_dim] act on the input, the rest on h.
-  It is split at load so the input half can be applied to all steps at once.
+  It is split (and transposed) at load so the input half can be applied to all steps
+  at once.
 - Gate order along 4D is i, j, f, o (input, candidate, forget, output).
 - TF adds forget_bias=1.0 to f inside the cell rather than storing it; here it is added
   to the f block of `B` once per call, before the loop (the variable keeps the file's
@@ -26,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from hub_export.options import LSTMOptions
-from hub_export.precision import matmul, matrix_variable
+from hub_export.precision import matrix_variable, product
 from hub_export.weights import DIRECTIONS, LSTM_PREFIX
 
 FORGET_BIAS = 1.0
@@ -51,7 +59,8 @@ class BiLSTM(tf.Module):
         super().__init__(name=name)
         self.options = options
         D, P = options.dim, options.projection_dim
-        # cells[layer][direction] = {"input_kernel", "recurrent_kernel", "bias", "projection"}
+        # cells[layer][direction] = {"input_kernel" [4D, in], "recurrent_kernel" [4D, P],
+        # "bias" [4D], "projection" [P, D]}
         self.cells = []
         # Variable names carry the part's name (lstm/lstm_0/forward/input_kernel, ...).
         with self.name_scope:
@@ -64,12 +73,12 @@ class BiLSTM(tf.Module):
                     bias = weights[f"{prefix}/B"]  # [4D], blocks i, j, f, o
                     scope = f"lstm_{layer}/{direction}"
                     pair.append({
-                        "input_kernel": matrix_variable(w0[:input_dim], dtype, trainable,
+                        "input_kernel": matrix_variable(w0[:input_dim].T, dtype, trainable,
                                                         f"{scope}/input_kernel"),
-                        "recurrent_kernel": matrix_variable(w0[input_dim:], dtype, trainable,
+                        "recurrent_kernel": matrix_variable(w0[input_dim:].T, dtype, trainable,
                                                             f"{scope}/recurrent_kernel"),
                         "bias": tf.Variable(bias, trainable=trainable, name=f"{scope}/bias"),
-                        "projection": matrix_variable(weights[f"{prefix}/W_P_0"], dtype, trainable,
+                        "projection": matrix_variable(weights[f"{prefix}/W_P_0"].T, dtype, trainable,
                                                       f"{scope}/projection"),
                     })
                 self.cells.append(pair)
@@ -82,9 +91,9 @@ class BiLSTM(tf.Module):
             for d, cell in enumerate(pair):
                 prefix = LSTM_PREFIX.format(direction=d, layer=layer)
                 v = {k: tf.cast(t, tf.float32).numpy() for k, t in cell.items()}
-                arrays[f"{prefix}/W_0"] = np.concatenate([v["input_kernel"], v["recurrent_kernel"]])
+                arrays[f"{prefix}/W_0"] = np.concatenate([v["input_kernel"].T, v["recurrent_kernel"].T])
                 arrays[f"{prefix}/B"] = v["bias"]
-                arrays[f"{prefix}/W_P_0"] = v["projection"]
+                arrays[f"{prefix}/W_P_0"] = np.ascontiguousarray(v["projection"].T)
         return arrays
 
     def zero_state(self, batch_size: tf.Tensor) -> list[LayerState]:
@@ -138,21 +147,21 @@ class BiLSTM(tf.Module):
         # a while_loop body breaks a second gradient after save/load.
         cells = [{k: tf.convert_to_tensor(v) for k, v in cell.items()} for cell in self.cells[layer]]
         forget = tf.concat([tf.zeros([2 * o.dim]), tf.fill([o.dim], FORGET_BIAS), tf.zeros([o.dim])], 0)
-        # The input half of all gates for all steps: one GEMM per direction.
+        # The input half of all gates for all steps: one GEMM per direction, [4D, T, B].
         gates_x = []
         for d, cell in enumerate(cells):
-            flat = tf.reshape(x[d], [-1, tf.shape(x)[3]])  # [T*B, in]
-            gx = matmul(flat, cell["input_kernel"]) + (cell["bias"] + forget)
-            gates_x.append(tf.reshape(gx, [steps, batch, 4 * o.dim]))  # [T, B, 4D]
-        mask = mask[:, :, None]  # [T, B, 1]
+            flat_t = tf.transpose(tf.reshape(x[d], [-1, tf.shape(x)[3]]))  # [in, T*B]
+            gates_x.append(tf.reshape(product(cell["input_kernel"], flat_t), [4 * o.dim, steps, batch]))
+        biases = [(cell["bias"] + forget)[:, None] for cell in cells]  # [4D, 1]
+        mask = mask[:, None, :]  # [T, 1, B]
 
-        def cell_step(cell, g_x, c, h, valid):
-            z = g_x + matmul(h, cell["recurrent_kernel"])  # [B, 4D]
-            i, j, f, g_o = tf.split(z, 4, axis=-1)
+        def cell_step(cell, bias, g_x, c, h, valid):  # g_x [4D, B], c [D, B], h [P, B]
+            z = (g_x + bias) + product(cell["recurrent_kernel"], h)  # [4D, B]
+            i, j, f, g_o = tf.split(z, 4, axis=0)
             c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip:
                 c_new = tf.clip_by_value(c_new, -o.cell_clip, o.cell_clip)
-            h_new = matmul(tf.sigmoid(g_o) * tf.tanh(c_new), cell["projection"])  # [B, P]
+            h_new = product(cell["projection"], tf.sigmoid(g_o) * tf.tanh(c_new))  # [P, B]
             if o.proj_clip:
                 h_new = tf.clip_by_value(h_new, -o.proj_clip, o.proj_clip)
             # Past a row's end the state is held, so the final state is the one after
@@ -161,16 +170,17 @@ class BiLSTM(tf.Module):
 
         def step(t, c_f, h_f, c_b, h_b, out_f, out_b):
             valid = mask[t]
-            c_f, h_f, y_f = cell_step(cells[0], gates_x[0][t], c_f, h_f, valid)
-            c_b, h_b, y_b = cell_step(cells[1], gates_x[1][t], c_b, h_b, valid)
+            c_f, h_f, y_f = cell_step(cells[0], biases[0], gates_x[0][:, t], c_f, h_f, valid)
+            c_b, h_b, y_b = cell_step(cells[1], biases[1], gates_x[1][:, t], c_b, h_b, valid)
             return t + 1, c_f, h_f, c_b, h_b, out_f.write(t, y_f), out_b.write(t, y_b)
 
         def array():
-            return tf.TensorArray(tf.float32, size=steps, element_shape=[None, o.projection_dim])
+            return tf.TensorArray(tf.float32, size=steps, element_shape=[o.projection_dim, None])
 
-        c0, h0 = state
+        c0, h0 = (tf.transpose(s, [0, 2, 1]) for s in state)  # [2, D|P, B]
         loop = tf.while_loop(lambda t, *_: t < steps, step,
                              (tf.constant(0), c0[0], h0[0], c0[1], h0[1], array(), array()))
         _, c_f, h_f, c_b, h_b, out_f, out_b = loop
-        h_seq = tf.stack([out_f.stack(), out_b.stack()])  # [2, T, B, P]
-        return h_seq, (tf.stack([c_f, c_b]), tf.stack([h_f, h_b]))
+        h_seq = tf.transpose(tf.stack([out_f.stack(), out_b.stack()]), [0, 1, 3, 2])  # [2, T, B, P]
+        return h_seq, (tf.transpose(tf.stack([c_f, c_b]), [0, 2, 1]),
+                       tf.transpose(tf.stack([h_f, h_b]), [0, 2, 1]))

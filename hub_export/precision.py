@@ -25,3 +25,11 @@ def matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
     if w.dtype == tf.float32:
         return tf.matmul(x, w)
     return tf.cast(tf.matmul(tf.cast(x, w.dtype), w), tf.float32)
+
+
+def product(w: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """w @ x (x float32) in w's dtype, returned as float32: `matmul` with the weight on
+    the left."""
+    if w.dtype == tf.float32:
+        return tf.matmul(w, x)
+    return tf.cast(tf.matmul(w, tf.cast(x, w.dtype)), tf.float32)
