@@ -151,12 +151,12 @@ class BiLSTM(tf.Module):
         gates_x = []
         for d, cell in enumerate(cells):
             flat_t = tf.transpose(tf.reshape(x[d], [-1, tf.shape(x)[3]]))  # [in, T*B]
-            gates_x.append(tf.reshape(product(cell["input_kernel"], flat_t), [4 * o.dim, steps, batch]))
-        biases = [(cell["bias"] + forget)[:, None] for cell in cells]  # [4D, 1]
+            gx = product(cell["input_kernel"], flat_t) + (cell["bias"] + forget)[:, None]
+            gates_x.append(tf.reshape(gx, [4 * o.dim, steps, batch]))
         mask = mask[:, None, :]  # [T, 1, B]
 
-        def cell_step(cell, bias, g_x, c, h, valid):  # g_x [4D, B], c [D, B], h [P, B]
-            z = (g_x + bias) + product(cell["recurrent_kernel"], h)  # [4D, B]
+        def cell_step(cell, g_x, c, h, valid):  # g_x [4D, B], c [D, B], h [P, B]
+            z = g_x + product(cell["recurrent_kernel"], h)  # [4D, B]
             i, j, f, g_o = tf.split(z, 4, axis=0)
             c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip:
@@ -170,8 +170,8 @@ class BiLSTM(tf.Module):
 
         def step(t, c_f, h_f, c_b, h_b, out_f, out_b):
             valid = mask[t]
-            c_f, h_f, y_f = cell_step(cells[0], biases[0], gates_x[0][:, t], c_f, h_f, valid)
-            c_b, h_b, y_b = cell_step(cells[1], biases[1], gates_x[1][:, t], c_b, h_b, valid)
+            c_f, h_f, y_f = cell_step(cells[0], gates_x[0][:, t], c_f, h_f, valid)
+            c_b, h_b, y_b = cell_step(cells[1], gates_x[1][:, t], c_b, h_b, valid)
             return t + 1, c_f, h_f, c_b, h_b, out_f.write(t, y_f), out_b.write(t, y_b)
 
         def array():
