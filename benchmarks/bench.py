@@ -250,7 +250,8 @@ def main() -> None:
     grown = results["export_peak_rss_mb"] - results["export_rss_after_import_mb"]
     print(f"export: {results['export_s']:.1f} s, peak RSS {results['export_peak_rss_mb']:.0f} MB "
           f"({results['export_rss_after_import_mb']:.0f} MB after importing TF, so +{grown:.0f} MB "
-          f"for the model; weights file {results['weights_mb']:.0f} MB); "
+          f"for the model; weights file {results['weights_mb']:.0f} MB, so the peak is "
+          f"{results['export_peak_rss_mb'] / results['weights_mb']:.2f}x it); "
           f"hub.load: {results['hub_load_s']:.1f} s")
     cache = results["token_cache"]
     print(f"token cache ({cache['vocab_size']} words, export {cache['export_s']:.1f} s), "

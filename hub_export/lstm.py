@@ -58,7 +58,7 @@ class BiLSTM(tf.Module):
                  trainable: bool = False, dtype: tf.DType = tf.float32, name: str = "lstm"):
         super().__init__(name=name)
         self.options = options
-        D, P = options.dim, options.projection_dim
+        P = options.projection_dim
         # cells[layer][direction] = {"input_kernel" [4D, in], "recurrent_kernel" [4D, P],
         # "bias" [4D], "projection" [P, D]}
         self.cells = []

@@ -122,6 +122,7 @@ class WeightReader(Mapping):
 
     def __init__(self, path: str | os.PathLike, options: BiLMOptions):
         self.path = path = os.fspath(path)
+        self.options = options
         self.specs = {s.name: s for s in weight_specs(options)}
         if not os.path.exists(path):
             raise WeightsError(f"{path}: weight file not found")
@@ -177,6 +178,28 @@ class WeightReader(Mapping):
                 f"{path}: dataset {spec.name} has non-finite values ({n_nan} NaN, "
                 f"{n_inf} Inf; the first at index {list(first)}); expected finite weights")
         return value
+
+    def read_block(self, name: str, rows: slice, columns: slice) -> np.ndarray:
+        """`reader[name][rows, columns]` (float32, checked finite), reading only that
+        block of the file: for a caller that streams a large dataset in pieces."""
+        spec = self.specs[name]
+        try:
+            value = np.asarray(self._file[spec.name][rows, columns], dtype=np.float32)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise WeightsError(f"{self.path}: cannot read dataset {spec.name} (truncated file?): {e}") from None
+        if not np.isfinite(value).all():
+            self[name]  # raises, with the whole dataset's counts and first bad index
+            raise WeightsError(f"{self.path}: dataset {spec.name} has non-finite values")
+        return value
+
+    def check_finite(self, name: str, block_bytes: int = 4 << 20) -> None:
+        """Raises what `reader[name]` would for a non-finite value, reading about
+        `block_bytes` of the dataset at a time (for a dataset read in pieces later)."""
+        spec = self.specs[name]
+        row_bytes = 4 * int(np.prod(spec.shape[1:], dtype=np.int64))
+        step = max(1, block_bytes // max(1, row_bytes))
+        for start in range(0, spec.shape[0], step):
+            self.read_block(name, slice(start, start + step), slice(None))
 
     def softmax(self) -> dict[str, np.ndarray] | None:
         """`softmax/W` [V, P] and `softmax/b` [V] when the file has them (else None)."""

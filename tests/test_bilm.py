@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from hub_export.bilm import BiLM
 from hub_export.char_ids import batch_sentences
-from hub_export.options import parse_options
 
 ATOL = 1e-6  # the tolerance of bilm-tf's own tests
 
