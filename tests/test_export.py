@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 import signatures
-from conftest import FULL_SIZE_OPTIONS, SMALL_OPTIONS, export_model, write_model
+from conftest import SMALL_OPTIONS, export_model, write_model
 from hub_export.bilm import BiLM
 from hub_export.char_ids import batch_sentences
 from hub_export.elmo_module import ExportConfig
@@ -232,14 +233,17 @@ def test_builtin_default_model_exports_without_files(tmp_path):
         result.manifest["source"]["weights_sha256"]
 
 
-def test_existing_version_needs_overwrite(small_files, tmp_path):
-    first = export_model(tmp_path, *small_files, version=2)
-    before = (first.path / "saved_model.pb").read_bytes()
+def test_existing_version_needs_overwrite(small_export, small_files, tmp_path):
+    existing = tmp_path / "elmo" / "2"
+    shutil.copytree(small_export[0].path, existing)  # an earlier export of version 2
+    before = (existing / "saved_model.pb").read_bytes()
     with pytest.raises(HubExportError, match=r"elmo/2 already exists; pass --overwrite"):
         export_model(tmp_path, *small_files, version=2)
-    assert (first.path / "saved_model.pb").read_bytes() == before
+    assert (existing / "saved_model.pb").read_bytes() == before
     export_model(tmp_path, *small_files, version=2, overwrite=True)
-    assert hub.load(str(first.path)).signatures["default"] is not None
+    manifest = json.loads((existing / "assets.extra" / "manifest.json").read_text())
+    assert manifest["source"]["weights"] == str(small_files[1])  # the new export's
+    assert hub.load(str(existing)).signatures["default"] is not None
     assert sorted(p.name for p in (tmp_path / "elmo").iterdir()) == ["2"]
 
 

@@ -155,4 +155,5 @@ def test_training_commands(tmp_path):
         outputs.append(result)
     assert "held-out perplexity" in outputs[0].stderr
     assert outputs[1].stdout.startswith("perplexity ")
+    assert float(outputs[1].stdout.split()[1]) > 1.0
     assert (tmp_path / "exported" / "my_elmo" / "1" / "saved_model.pb").exists()
