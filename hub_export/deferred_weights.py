@@ -150,10 +150,11 @@ def _write_value(index: BundleIndex, key: str, matrix: DeferredMatrix, reader: W
     fd = os.open(index.data_path(entry), os.O_WRONLY)
     try:
         for block in matrix.blocks(reader):
-            data = block.tobytes()
-            crc = google_crc32c.extend(crc, data)
-            os.pwrite(fd, data, at)
-            at += len(data)
+            block.flags.writeable = False  # google_crc32c reads only read-only buffers
+            crc = google_crc32c.extend(crc, block)
+            if os.pwrite(fd, block, at) != block.nbytes:
+                raise OSError(f"{index.data_path(entry)}: short write")
+            at += block.nbytes
     finally:
         os.close(fd)
     if at - entry.offset != entry.size:
