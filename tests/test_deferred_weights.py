@@ -105,3 +105,18 @@ def test_a_deferred_matrix_is_float32_only(model):
             matrix_variable(matrix, tf.bfloat16, False, "kernel")
         with pytest.raises(ValueError, match="only 2-D datasets can be deferred"):
             DeferredWeights(reader, ["CNN/W_cnn_0"])
+
+
+@pytest.mark.parametrize("architecture", ["no_projection", "three_layers"])
+def test_streamed_variables_equal_the_weights_in_other_architectures(tmp_path, architecture):
+    from test_bilm_architectures import ARCHITECTURES
+
+    options_path, weights_path = write_model(tmp_path / "model", ARCHITECTURES[architecture], seed=5)
+    path = export_model(tmp_path / "out", options_path, weights_path).path
+    options = load_options(options_path)
+    held = BiLM(options, read_weights(weights_path, options))
+    keys = deferred_weights._checkpoint_keys(path)
+    reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    for variable in held.variables:
+        saved = reader.get_tensor(keys[variable.name.split(":")[0]])
+        np.testing.assert_array_equal(saved, variable.numpy(), err_msg=variable.name)
