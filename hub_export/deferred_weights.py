@@ -89,10 +89,10 @@ class DeferredMatrix:
 class DeferredWeights(Mapping):
     """A `WeightReader`'s datasets, those named in `deferred` as `DeferredMatrix`.
 
-    The deferred datasets are checked finite here, a block at a time, so that a bad file
-    fails before the slow tracing and saving. After the module holding the variables is
-    saved, `fill(directory)` reopens the weight file and writes their values there. Use it
-    only for float32 variables (`precision.matrix_variable` refuses the rest).
+    After the module holding the variables is saved, `fill(directory)` reopens the weight
+    file and writes their values there, reading each once (and checking it finite then,
+    block by block). Use it only for float32 variables (`precision.matrix_variable`
+    refuses the rest).
     """
 
     def __init__(self, reader: WeightReader, deferred: Collection[str]):
@@ -101,7 +101,6 @@ class DeferredWeights(Mapping):
         for name in deferred:
             if len(reader.specs[name].shape) != 2:
                 raise ValueError(f"{name}: only 2-D datasets can be deferred")
-            reader.check_finite(name, CHUNK_BYTES)
         self.deferred = frozenset(deferred)
         self.pending: list[tuple[tf.Variable, DeferredMatrix]] = []
 

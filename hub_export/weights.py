@@ -192,15 +192,6 @@ class WeightReader(Mapping):
             raise WeightsError(f"{self.path}: dataset {spec.name} has non-finite values")
         return value
 
-    def check_finite(self, name: str, block_bytes: int = 4 << 20) -> None:
-        """Raises what `reader[name]` would for a non-finite value, reading about
-        `block_bytes` of the dataset at a time (for a dataset read in pieces later)."""
-        spec = self.specs[name]
-        row_bytes = 4 * int(np.prod(spec.shape[1:], dtype=np.int64))
-        step = max(1, block_bytes // max(1, row_bytes))
-        for start in range(0, spec.shape[0], step):
-            self.read_block(name, slice(start, start + step), slice(None))
-
     def softmax(self) -> dict[str, np.ndarray] | None:
         """`softmax/W` [V, P] and `softmax/b` [V] when the file has them (else None)."""
         f, path = self._file, self.path
