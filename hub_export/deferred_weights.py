@@ -36,6 +36,7 @@ from hub_export.weights import WeightReader
 # Bytes of a matrix handled at a time: small against the export's ~700 MB, large enough
 # that HDF5 reads and file writes stay cheap.
 CHUNK_BYTES = 4 << 20
+_CRC_IN_C = google_crc32c.implementation == "c"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +150,10 @@ def _write_value(index: BundleIndex, key: str, matrix: DeferredMatrix, reader: W
     fd = os.open(index.data_path(entry), os.O_WRONLY)
     try:
         for block in matrix.blocks(reader):
-            block.flags.writeable = False  # google_crc32c reads only read-only buffers
-            crc = google_crc32c.extend(crc, block)
+            block.flags.writeable = False  # the C extension takes only read-only buffers
+            # Its pure-Python fallback (no wheel for this platform) iterates what it is
+            # given, so give it bytes, not float32 elements.
+            crc = google_crc32c.extend(crc, block if _CRC_IN_C else block.tobytes())
             if os.pwrite(fd, block, at) != block.nbytes:
                 raise OSError(f"{index.data_path(entry)}: short write")
             at += block.nbytes

@@ -120,3 +120,20 @@ def test_streamed_variables_equal_the_weights_in_other_architectures(tmp_path, a
     for variable in held.variables:
         saved = reader.get_tensor(keys[variable.name.split(":")[0]])
         np.testing.assert_array_equal(saved, variable.numpy(), err_msg=variable.name)
+
+
+def test_checksums_right_with_the_pure_python_crc(tmp_path, model, monkeypatch):
+    # google-crc32c falls back to pure Python where its C extension is missing.
+    from google_crc32c import python as slow
+
+    monkeypatch.setattr(deferred_weights, "_CRC_IN_C", False)
+    monkeypatch.setattr(deferred_weights.google_crc32c, "extend", slow.extend)
+    options_path, weights_path = model
+    path = export_model(tmp_path / "out", options_path, weights_path, write_warmup=False).path
+    options = load_options(options_path)
+    value = read_weights(weights_path, options)[W_0]
+    keys = deferred_weights._checkpoint_keys(path)
+    # Restoring checks every checksum.
+    saved = tf.train.load_checkpoint(str(path / "variables" / "variables")).get_tensor(
+        keys["lstm/lstm_1/backward/input_kernel"])
+    np.testing.assert_array_equal(saved, value[:8].T)
