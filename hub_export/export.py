@@ -29,7 +29,7 @@ import tensorflow as tf
 from hub_export import default_model, module_card, warmup
 from hub_export.bilm import BiLM
 from hub_export.deferred_weights import DeferredWeights
-from hub_export.elmo_module import ElmoModule, ExportConfig, build_saveable
+from hub_export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
 from hub_export.options import BiLMOptions, load_options
 from hub_export.progress import Progress
@@ -197,7 +197,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with progress.step(f"saving to {target}"):
-            tf.saved_model.save(root, str(tmp), signatures=fns)
+            tf.saved_model.save(root, str(tmp), signatures=fns, options=SAVE_OPTIONS)
             if deferred is not None:
                 deferred.fill(tmp)
             extra = tmp / "assets.extra"
