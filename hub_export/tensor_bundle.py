@@ -19,7 +19,6 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 
 _MAGIC = 0xDB4775248B80FB57  # the table footer's last 8 bytes
 _FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
-_TRAILER_BYTES = 5  # after each block: compression type (1 byte), masked CRC-32C (4)
 _MASK_DELTA = 0xA282EAD8
 
 
@@ -79,8 +78,9 @@ class BundleIndex:
                 proto.ParseFromString(bytes(buf[at:at + length]))
                 self._entries[key.decode("utf-8", "replace")] = _Entry(
                     proto, at, length, (block_offset, block_size))
+        first = self._entries[""]  # the empty key holds the bundle's header
         header = tensor_bundle_pb2.BundleHeaderProto()
-        header.ParseFromString(bytes(self._value_bytes("")))
+        header.ParseFromString(bytes(buf[first.value_at:first.value_at + first.value_len]))
         self.num_shards = header.num_shards
 
     def _block_entries(self, offset: int, size: int):
@@ -99,10 +99,6 @@ class BundleIndex:
             pos += unshared
             yield key, pos, value_len
             pos += value_len
-
-    def _value_bytes(self, key: str) -> bytearray:
-        e = self._entries[key]
-        return self._buf[e.value_at:e.value_at + e.value_len]
 
     def keys(self) -> list[str]:
         return [k for k in self._entries if k]  # "" is the bundle's header
