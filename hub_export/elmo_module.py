@@ -130,6 +130,12 @@ class ElmoModule(tf.Module):
                 )
         self.output_specs = signatures.output_specs(
             lstm.projection_dim, lstm.n_layers, config.projection_dim)
+        # One trace of the biLM that every endpoint calls: tracing it once per endpoint
+        # was most of an export's time, and wrote the same graph four times.
+        token_specs = signatures.tokens.INPUT_SPECS
+        self._bilm_outputs = tf.function(
+            self.bilm_outputs, autograph=False,
+            input_signature=[token_specs["tokens"], token_specs["sequence_len"]])
 
     @property
     def module_trainable_variables(self) -> list[tf.Variable]:
@@ -155,14 +161,20 @@ class ElmoModule(tf.Module):
         var = tf.reduce_sum(tf.square(centered), axis=[1, 2]) / count
         return centered * tf.math.rsqrt(var + LAYER_NORM_EPSILON)[:, None, None]
 
-    def embed(self, tokens: tf.Tensor, sequence_len: tf.Tensor, training: bool = False) -> dict:
-        """tokens string [B, T] + sequence_len int32 [B] -> the output dict."""
+    def bilm_outputs(self, tokens: tf.Tensor, sequence_len: tf.Tensor) -> dict:
+        """tokens string [B, T] + sequence_len int32 [B] -> the biLM's layers, mask and
+        lengths (what every endpoint shares; `training` changes only the mix)."""
         if self.token_cache is None:
             ids = encode_tokens(tokens, sequence_len, self.bilm.options.char_cnn.max_characters_per_token)
             out = self.bilm(ids)
         else:
             steps = tf.clip_by_value(sequence_len, 0, tf.shape(tokens)[1]) + 2
             out = self.bilm.contextualize(self.token_cache.token_embedding(tokens, sequence_len), steps)
+        return {k: out[k] for k in ("word_emb", "lstm_outputs", "sequence_len", "mask")}
+
+    def embed(self, tokens: tf.Tensor, sequence_len: tf.Tensor, training: bool = False) -> dict:
+        """tokens string [B, T] + sequence_len int32 [B] -> the output dict."""
+        out = self._bilm_outputs(tokens, sequence_len)
         mask = out["mask"]
         word_emb = out["word_emb"]
         layers = [tf.concat([word_emb, word_emb], axis=-1)] + out["lstm_outputs"]

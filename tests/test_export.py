@@ -321,3 +321,20 @@ def test_no_python_in_the_saved_graph(small_export):
             ops.update(node.op for node in function.node_def)
     assert "While" in ops or "StatelessWhile" in ops  # the walk reached the function bodies
     assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def test_the_bilm_graph_is_saved_once(small_export):
+    """Every endpoint (signatures, __call__ traces, Keras endpoints) calls one traced
+    biLM: its LSTM loops appear in a single function of the saved library, not once per
+    endpoint (which cost most of an export's time)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((small_export[0].path / "saved_model.pb").read_bytes())
+    library = saved.meta_graphs[0].graph_def.library.function
+    with_loops = [f.signature.name for f in library
+                  if any(node.op in ("While", "StatelessWhile") for node in f.node_def)]
+    assert len(with_loops) == 1, with_loops
+    callers = [f.signature.name for f in library
+               if any(node.attr["f"].func.name == with_loops[0] for node in f.node_def)]
+    assert len(callers) >= 4, callers  # the four __call__ traces at least
