@@ -14,6 +14,7 @@ Layout of a version directory:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -148,7 +149,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     vocab_words = read_vocab(vocab_path) if vocab_path is not None else None
     progress = progress or Progress(0, stream=None)
 
-    deferred = None
+    deferred = weights_hash = None
     with progress.step("reading options and weights into the biLM"):
         kwargs = {"trainable": config.trainable == "all", "compute_dtype": config.compute_dtype}
         if options_path is None:
@@ -162,6 +163,11 @@ def export(version: int, options_path: str | os.PathLike | None = None,
         else:
             options = load_options(options_path)
             config.validate(options.lstm.n_layers)
+            # The manifest's hash reads the weight file a second time: let it run beside
+            # the build and the tracing (file reads and hashlib release the GIL).
+            hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            weights_hash = hashing.submit(sha256_file, weights_path)
+            hashing.shutdown(wait=False)
             # Each dataset becomes its variable as it is read, so the export never holds
             # a second copy of the weights (peak memory ~ one model, not two). In float32
             # the big matrices are not even read now: they go from the file into the saved
@@ -174,7 +180,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                 else:
                     bilm = BiLM(options, reader, **kwargs)
             source = {"model": str(weights_path), "options": str(options_path),
-                      "weights": str(weights_path), "weights_sha256": sha256_file(weights_path),
+                      "weights": str(weights_path), "weights_sha256": None,
                       "untrained": False}
 
     scratch = tempfile.TemporaryDirectory(prefix="hub_export-")
@@ -189,6 +195,8 @@ def export(version: int, options_path: str | os.PathLike | None = None,
         module = ElmoModule(bilm, config, token_cache=token_cache)
         root, fns = build_saveable(module)
 
+    if weights_hash is not None:
+        source["weights_sha256"] = weights_hash.result()
     manifest = module_card.manifest(name, version, options, config, source, module)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
