@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import http.server
 import hashlib
+import http.server
 import json
 import os
 import shutil
