@@ -53,11 +53,30 @@ class CharCNN(tf.Module):
 
     def __call__(self, char_ids: tf.Tensor) -> tf.Tensor:
         """char_ids int32 [N, C] -> float32 [N, n_filters]."""
-        chars = tf.nn.embedding_lookup(self.char_embed, char_ids)  # [N, C, E]
+        C = self.options.max_characters_per_token
+        # Tokens are far shorter than C: past a short prefix every row just repeats its
+        # last id (the padding char, or 0 in a row that is no token). A window lying wholly
+        # in that tail has one value per row, so the convolution runs over the prefix only
+        # and that value joins the max once (the same convolution over one tail window, so
+        # that it rounds as the full one did): the same max, without most of the positions.
+        tail = char_ids[:, -1]
+        varies = tf.reduce_any(char_ids != tail[:, None], axis=0)  # [C]
+        # `used`: 1 + the last position where some row is not yet in its tail (>= 1).
+        used = tf.maximum(tf.reduce_max(tf.where(varies, tf.range(1, C + 1), 0)), 1)
+        tail_chars = tf.nn.embedding_lookup(self.char_embed, tail)  # [N, E]
+        longest = tf.minimum(C, used + max(w for w, _ in self.options.filters) - 1)
+        chars = tf.nn.embedding_lookup(self.char_embed, char_ids[:, :longest])  # [N, <=C, E]
         pooled = []
-        for kernel, bias in zip(self.kernels, self.biases):
-            conv = tf.nn.conv1d(chars, kernel, stride=1, padding="VALID") + bias  # [N, C-w+1, n]
-            # Max over positions first, then the activation (bilm-tf's order; for relu
-            # and tanh, both monotonic, the two orders agree anyway).
-            pooled.append(self._activation(tf.reduce_max(conv, axis=1)))  # [N, n]
+        for (width, _), kernel, bias in zip(self.options.filters, self.kernels, self.biases):
+            head = chars[:, :tf.minimum(C, used + width - 1)]
+            conv = tf.nn.conv1d(head, kernel, stride=1, padding="VALID")  # windows starting < used
+            best = tf.reduce_max(conv, axis=1)
+            tail_windows = C - width + 1 - used
+            tail_window = tf.tile(tail_chars[:, None, :], [1, width, 1])  # [N, w, E]
+            tail_value = tf.nn.conv1d(tail_window, kernel, stride=1, padding="VALID")[:, 0]
+            best = tf.where(tail_windows > 0, tf.maximum(best, tail_value), best)
+            # Bias after the max (adding a constant commutes with max exactly), then the
+            # activation (bilm-tf's order; for relu and tanh, both monotonic, the two
+            # orders agree anyway).
+            pooled.append(self._activation(best + bias))  # [N, n]
         return tf.concat(pooled, axis=-1)

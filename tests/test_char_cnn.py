@@ -102,3 +102,37 @@ def test_char_position_matters():
     out = cnn(tf.constant(ids)).numpy()
     np.testing.assert_allclose(out, np_char_cnn(arrays, options, ids), atol=ATOL, rtol=0)
     assert np.abs(out[0] - out[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_windows_in_the_padding_tail(activation):
+    """The convolution skips the windows that lie wholly in a row's constant tail and
+    takes their one value instead. Rows of every length (alone and together), a row as
+    long as C (no tail window), all-zero rows and a row whose tail is not the padding
+    char, against the numpy reference that convolves every position."""
+    C = 20
+    options = make_options(activation, [[1, 4], [3, 8], [7, 16]], C)
+    arrays = random_weights(options, seed=6)
+    cnn = CharCNN(options.char_cnn, arrays)
+    rng = np.random.default_rng(1)
+    rows = []
+    for length in range(C + 1):  # `length` leading ids, then the padding char (id 261)
+        row = np.full(C, 261, np.int32)
+        row[:length] = rng.integers(1, 260, size=length)
+        rows.append(row)
+    rows.append(np.zeros(C, np.int32))
+    rows.append(np.concatenate([rng.integers(1, 260, size=3), np.full(C - 3, 5)]).astype(np.int32))
+    ids = np.stack(rows)
+    batches = [ids, ids[:8], np.zeros((3, C), np.int32)] + [ids[k:k + 1] for k in range(len(ids))]
+    tail_decides = False
+    for batch in batches:
+        want = np_char_cnn(arrays, options, batch)
+        np.testing.assert_allclose(cnn(tf.constant(batch)).numpy(), want, atol=ATOL, rtol=0)
+        # Without the windows past `used + 6` (all tail windows of the width-7 filter, some
+        # of the others'), would the reference give something else? Then the tail's value
+        # decides some outputs, and a convolution that dropped it would fail above.
+        used = max(1, max((k + 1 for k in range(C) if np.any(batch[:, k] != batch[:, -1])), default=0))
+        if used + 6 < C:
+            tail_decides |= not np.allclose(np_char_cnn(arrays, options, batch[:, :used + 6]), want,
+                                            atol=ATOL, rtol=0)
+    assert tail_decides
