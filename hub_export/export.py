@@ -196,7 +196,10 @@ def export(version: int, options_path: str | os.PathLike | None = None,
         root, fns = build_saveable(module)
 
     if weights_hash is not None:
-        source["weights_sha256"] = weights_hash.result()
+        try:
+            source["weights_sha256"] = weights_hash.result()
+        except OSError as e:  # the file went away or became unreadable since it was read
+            raise HubExportError(f"--weights: cannot read {weights_path} to hash it: {e}") from None
     manifest = module_card.manifest(name, version, options, config, source, module)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -338,3 +339,17 @@ def test_the_bilm_graph_is_saved_once(small_export):
     callers = [f.signature.name for f in library
                if any(node.attr["f"].func.name == with_loops[0] for node in f.node_def)]
     assert len(callers) >= 4, callers  # the four __call__ traces at least
+
+
+def test_weight_file_unreadable_while_hashing(small_files, tmp_path, monkeypatch):
+    """The manifest's hash runs in a thread; a read error there is reported by file name."""
+    from hub_export import export as export_module
+
+    def failing(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(export_module, "sha256_file", failing)
+    options_path, weights_path = small_files
+    with pytest.raises(HubExportError, match=re.escape(f"--weights: cannot read {weights_path} to hash it")):
+        export_model(tmp_path, options_path, weights_path)
+    assert not (tmp_path / "elmo" / "1").exists()
