@@ -10,9 +10,11 @@ weight matrices and its own plain matmuls: TF's CPU BatchMatMul over a stacked
 Inside a layer the work is feature-major: matrices are held as [out, in] and multiply
 from the left (W @ h^T, state [D, B] and [P, B]). oneDNN's f32 GEMM ran the recurrent
 product [4D, P] @ [P, B] about 2x faster at B = 16 than h @ W [B, P] @ [P, 4D], and the
-all-steps input GEMM 2x faster too, on the 2-core AVX2 CPU; batch 1 was unchanged
-(benchmarks/RESULTS.md, 2026-11-26). The weight-file layout is restored by
-`weight_arrays`.
+all-steps input GEMM 2x faster too, on the 2-core AVX2 CPU (benchmarks/RESULTS.md,
+2026-11-26). Batch 1 is the exception: there the step products are matrix-vector
+products, which stream [in, out] matrices from the right about 1.5x faster, so a frozen
+biLM runs batch 1 batch-major on [in, out] copies of its step matrices, made at the
+first such call (`_row_kernels`). The weight-file layout is restored by `weight_arrays`.
 
 Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 - `W_0` is [input; h_prev] x 4D: rows [:input_dim] act on the input, the rest on h.
@@ -28,16 +30,20 @@ Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 
 from __future__ import annotations
 
+import uuid
 from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from hub_export.options import LSTMOptions
-from hub_export.precision import matrix_variable, product
+from hub_export.precision import matmul, matrix_variable, product
 from hub_export.weights import DIRECTIONS, LSTM_PREFIX
 
 FORGET_BIAS = 1.0
+
+# The per-step matrices that batch 1 multiplies in the [in, out] layout.
+ROW_KERNELS = ("recurrent_kernel", "projection")
 
 # (c, h) per layer, each [2, B, D] / [2, B, P]: axis 0 is the direction.
 LayerState = tuple[tf.Tensor, tf.Tensor]
@@ -82,6 +88,13 @@ class BiLSTM(tf.Module):
                                                       f"{scope}/projection"),
                     })
                 self.cells.append(pair)
+            # Batch 1 multiplies vectors, and there the weight-on-the-right product
+            # h [1, P] @ W [P, 4D] streams the matrix about 1.5x faster than W @ h on the
+            # 2-core CPU (benchmarks/RESULTS.md, 2026-11-26, fourth session), while at
+            # batch 16 it is 2x slower. So a frozen biLM transposes its step matrices at
+            # the first call of batch 1 and keeps those copies for the process (see
+            # `_row_kernels`); a trainable one has none (they would go stale as it trains).
+            self.row_copies = None if trainable else f"hub_export_rows_{uuid.uuid4().hex}"
 
     def weight_arrays(self) -> dict[str, np.ndarray]:
         """The variables back in the weight-file layout: W_0 = [input; recurrent] kernels,
@@ -153,15 +166,44 @@ class BiLSTM(tf.Module):
             flat_t = tf.transpose(tf.reshape(x[d], [-1, tf.shape(x)[3]]))  # [in, T*B]
             gx = product(cell["input_kernel"], flat_t) + (cell["bias"] + forget)[:, None]
             gates_x.append(tf.reshape(gx, [4 * o.dim, steps, batch]))
-        mask = mask[:, None, :]  # [T, 1, B]
+        if self.row_copies is None:
+            return self._recur(cells, gates_x, mask, state, None)
+        return tf.cond(tf.equal(batch, 1),
+                       lambda: self._recur(cells, gates_x, mask, state, self._row_kernels(layer, cells)),
+                       lambda: self._recur(cells, gates_x, mask, state, None))
 
-        def cell_step(cell, g_x, c, h, valid):  # g_x [4D, B], c [D, B], h [P, B]
-            z = g_x + product(cell["recurrent_kernel"], h)  # [4D, B]
-            i, j, f, g_o = tf.split(z, 4, axis=0)
+    def _recur(self, cells: list[dict], gates_x: list[tf.Tensor], mask: tf.Tensor,
+               state: LayerState, rows: dict | None) -> tuple[tf.Tensor, LayerState]:
+        """The loop over time steps of one layer, both directions.
+
+        Feature-major when `rows` is None (matrices [out, in] on the left, state
+        [D|P, B]); else batch-major with `rows[d][key]`, the [in, out] copies, on the
+        right (state [B, D|P]), the faster form for batch 1. Same arithmetic.
+        """
+        o = self.options
+        steps = tf.shape(mask)[0]
+        if rows is None:
+            def mul(d, key, v):  # v [in, B]
+                return product(cells[d][key], v)
+            axis = 0
+            gates = gates_x  # [4D, T, B], step t at [:, t]
+            mask = mask[:, None, :]  # [T, 1, B]
+            c0, h0 = (tf.transpose(s, [0, 2, 1]) for s in state)  # [2, D|P, B]
+        else:
+            def mul(d, key, v):  # v [B, in]
+                return matmul(v, rows[d][key])
+            axis = 1
+            gates = [tf.transpose(g, [1, 2, 0]) for g in gates_x]  # [T, B, 4D], step t at [t]
+            mask = mask[:, :, None]  # [T, B, 1]
+            c0, h0 = state
+
+        def cell_step(d, g_x, c, h, valid):
+            z = g_x + mul(d, "recurrent_kernel", h)
+            i, j, f, g_o = tf.split(z, 4, axis=axis)
             c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
             if o.cell_clip:
                 c_new = tf.clip_by_value(c_new, -o.cell_clip, o.cell_clip)
-            h_new = product(cell["projection"], tf.sigmoid(g_o) * tf.tanh(c_new))  # [P, B]
+            h_new = mul(d, "projection", tf.sigmoid(g_o) * tf.tanh(c_new))
             if o.proj_clip:
                 h_new = tf.clip_by_value(h_new, -o.proj_clip, o.proj_clip)
             # Past a row's end the state is held, so the final state is the one after
@@ -170,17 +212,56 @@ class BiLSTM(tf.Module):
 
         def step(t, c_f, h_f, c_b, h_b, out_f, out_b):
             valid = mask[t]
-            c_f, h_f, y_f = cell_step(cells[0], gates_x[0][:, t], c_f, h_f, valid)
-            c_b, h_b, y_b = cell_step(cells[1], gates_x[1][:, t], c_b, h_b, valid)
+            at = (lambda g: g[t]) if rows else (lambda g: g[:, t])
+            c_f, h_f, y_f = cell_step(0, at(gates[0]), c_f, h_f, valid)
+            c_b, h_b, y_b = cell_step(1, at(gates[1]), c_b, h_b, valid)
             return t + 1, c_f, h_f, c_b, h_b, out_f.write(t, y_f), out_b.write(t, y_b)
 
         def array():
-            return tf.TensorArray(tf.float32, size=steps, element_shape=[o.projection_dim, None])
+            shape = [None, o.projection_dim] if rows else [o.projection_dim, None]
+            return tf.TensorArray(tf.float32, size=steps, element_shape=shape)
 
-        c0, h0 = (tf.transpose(s, [0, 2, 1]) for s in state)  # [2, D|P, B]
         loop = tf.while_loop(lambda t, *_: t < steps, step,
                              (tf.constant(0), c0[0], h0[0], c0[1], h0[1], array(), array()))
         _, c_f, h_f, c_b, h_b, out_f, out_b = loop
-        h_seq = tf.transpose(tf.stack([out_f.stack(), out_b.stack()]), [0, 1, 3, 2])  # [2, T, B, P]
-        return h_seq, (tf.transpose(tf.stack([c_f, c_b]), [0, 2, 1]),
-                       tf.transpose(tf.stack([h_f, h_b]), [0, 2, 1]))
+        h_seq = tf.stack([out_f.stack(), out_b.stack()])  # [2, T, B, P] or [2, T, P, B]
+        final = tf.stack([c_f, c_b]), tf.stack([h_f, h_b])
+        if rows:
+            return h_seq, final
+        return tf.transpose(h_seq, [0, 1, 3, 2]), tuple(tf.transpose(s, [0, 2, 1]) for s in final)
+
+    def _row_kernels(self, layer: int, cells: list[dict]) -> list[dict]:
+        """[in, out] copies of a layer's step matrices: {key: tensor} per direction.
+
+        The copies live in resources of the process, named in the graph and not among
+        the module's variables: a saved module ships one layout (no bigger, no slower
+        to export), Keras wrappers see the same variables as before, and only a process
+        that runs batch 1 holds both layouts. The first call of batch 1 fills them; two
+        such calls at once write the same values. The name carries an id drawn when the
+        biLM is built, so two modules in one process never share copies.
+        """
+        names = [(d, key) for d in range(2) for key in ROW_KERNELS]
+        dtype = cells[0][ROW_KERNELS[0]].dtype
+        handles = [tf.raw_ops.VarHandleOp(dtype=dtype, shape=[None, None], container="",
+                                          shared_name=f"{self.row_copies}/{layer}/{d}/{key}")
+                   for d, key in names]
+
+        def fill():
+            values = [tf.transpose(cells[d][key]) for d, key in names]
+            written = [tf.raw_ops.AssignVariableOp(resource=h, value=v)
+                       for h, v in zip(handles[:-1], values[:-1])]
+            # The last copy is the one whose presence says all are there.
+            with tf.control_dependencies(written):
+                written = [tf.raw_ops.AssignVariableOp(resource=handles[-1], value=values[-1])]
+            with tf.control_dependencies(written):
+                return [tf.identity(v) for v in values]
+
+        def read():
+            return [tf.raw_ops.ReadVariableOp(resource=h, dtype=dtype) for h in handles]
+
+        values = tf.cond(tf.raw_ops.VarIsInitializedOp(resource=handles[-1]), read, fill)
+        rows = [{}, {}]
+        for (d, key), value in zip(names, values):
+            # Static shapes, for the loop's gradient machinery (the copies are constants).
+            rows[d][key] = tf.stop_gradient(tf.reshape(value, cells[d][key].shape[::-1]))
+        return rows

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SMALL_OPTIONS
-from hub_export.lstm import BiLSTM
+from hub_export.lstm import ROW_KERNELS, BiLSTM
 from hub_export.options import LSTMOptions, parse_options
 from hub_export.weights import random_weights
 from numpy_bilm import np_lstm_direction
@@ -284,3 +284,60 @@ def test_directions_use_their_own_weights():
     b, _ = run_tf(options, swapped, x, LENGTHS)
     assert np.abs(a[1][0] - b[1][0]).max() > 1e-3
     compare(options, swapped, x, LENGTHS)
+
+
+def row_copy(lstm, layer, d, key):
+    """The [in, out] copy a frozen BiLSTM keeps for batch 1, or None before it is made."""
+    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[None, None], container="",
+                                    shared_name=f"{lstm.row_copies}/{layer}/{d}/{key}")
+    if not tf.raw_ops.VarIsInitializedOp(resource=handle).numpy():
+        return None
+    return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32).numpy()
+
+
+def test_batch_one_takes_row_copies_made_once():
+    """A frozen biLSTM runs batch 1 on [in, out] copies of its step matrices, which the
+    first call of batch 1 makes; one trace serves every batch size, a larger batch
+    neither needs nor makes the copies, and the numbers are the reference's either way."""
+    options = make_options(n_layers=2, cell_clip=3, proj_clip=0.5)
+    arrays = random_weights(options, seed=38)
+    lstm = BiLSTM(options.lstm, arrays)
+    other = BiLSTM(options.lstm, random_weights(options, seed=40))
+    fn = tf.function(lambda inputs, mask: lstm(inputs, mask), input_signature=[
+        tf.TensorSpec([2, None, None, P], tf.float32), tf.TensorSpec([None, None], tf.bool)])
+    keys = [(layer, d, key) for layer in range(2) for d in range(2) for key in ROW_KERNELS]
+    x = random_inputs(8, scale=2.0)
+
+    def check(rows, lengths):
+        got_out, got_final = fn(*tf_inputs(x[rows], lengths))
+        want_out, want_final = run_np(options, arrays, x[rows], lengths)
+        for l in range(2):
+            for b, n in enumerate(lengths):
+                for d in (0, 1):
+                    np.testing.assert_allclose(got_out[l].numpy()[d, :n, b], want_out[b, d][l],
+                                               atol=ATOL, rtol=0)
+            np.testing.assert_allclose(got_final[l][1].numpy(), want_final[l][1], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(got_final[l][0].numpy(), want_final[l][0], atol=ATOL, rtol=0)
+
+    check(slice(None), LENGTHS)
+    assert all(row_copy(lstm, *k) is None for k in keys)
+    for b, n in enumerate(LENGTHS):
+        check(slice(b, b + 1), [n])
+    for layer, d, key in keys:
+        np.testing.assert_array_equal(row_copy(lstm, layer, d, key), lstm.cells[layer][d][key].numpy().T)
+        assert row_copy(other, layer, d, key) is None  # another biLM's copies are its own
+    check(slice(None), LENGTHS)  # back to the feature-major loop
+    assert not [v.name for v in lstm.variables if "rows" in v.name]
+
+
+def test_a_trainable_bilstm_keeps_no_copies():
+    """Copies of trainable matrices would go stale as they train."""
+    options = make_options(n_layers=2)
+    arrays = random_weights(options, seed=39)
+    lstm = BiLSTM(options.lstm, arrays, trainable=True)
+    assert lstm.row_copies is None
+    x = random_inputs(9)[:1]
+    got, _ = lstm(*tf_inputs(x, [5]))
+    want, _ = run_np(options, arrays, x, [5])
+    for d in (0, 1):
+        np.testing.assert_allclose(got[1].numpy()[d, :5, 0], want[0, d][1], atol=ATOL, rtol=0)
