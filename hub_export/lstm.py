@@ -234,11 +234,12 @@ class BiLSTM(tf.Module):
         """[in, out] copies of a layer's step matrices: {key: tensor} per direction.
 
         The copies live in resources of the process, named in the graph and not among
-        the module's variables: a saved module ships one layout (no bigger, no slower
-        to export), Keras wrappers see the same variables as before, and only a process
+        the module's variables: a saved module ships one layout (its checkpoint is
+        unchanged), Keras wrappers see the same variables as before, and only a process
         that runs batch 1 holds both layouts. The first call of batch 1 fills them; two
         such calls at once write the same values. The name carries an id drawn when the
-        biLM is built, so two modules in one process never share copies.
+        biLM is built, so two different biLMs in one process never share copies (two
+        loads of one saved module do, and their values are the same).
         """
         names = [(d, key) for d in range(2) for key in ROW_KERNELS]
         dtype = cells[0][ROW_KERNELS[0]].dtype
