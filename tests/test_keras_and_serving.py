@@ -226,6 +226,26 @@ def test_session_loader_signatures(small_path, reference, name):
     assert_outputs_equal(got, expected)
 
 
+def test_session_loader_batch_one(small_path, reference):
+    """One sentence a request, as a server often gets them: in a TF1 session the first
+    such run makes the LSTM's batch-1 copies and later ones read them; each sentence's
+    outputs are those it has inside the batch of three."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], small_path)
+        sig = meta.signature_def["default"]
+        fetches = {key: info.name for key, info in sig.outputs.items()}
+        for _ in range(2):
+            for i, sentence in enumerate(SENTENCES):
+                got = sess.run(fetches, {sig.inputs["default"].name: np.array([sentence], dtype=object)})
+                n = int(got["sequence_len"][0])
+                assert n == reference["default"]["sequence_len"][i]
+                for key in ("word_emb", "lstm_outputs1", "lstm_outputs2", "elmo"):
+                    np.testing.assert_allclose(got[key][0], reference["default"][key][i, :n],
+                                               atol=ATOL, rtol=0, err_msg=f"{key}, sentence {i}")
+                np.testing.assert_allclose(got["default"][0], reference["default"]["default"][i],
+                                           atol=ATOL, rtol=0)
+
+
 # 6. Parity of the exported `tokens` signature with bilm-tf on fixture batch 0.
 
 def test_fixture_tokens_signature_matches_bilm_tf(fixture_export):

@@ -341,3 +341,25 @@ def test_a_trainable_bilstm_keeps_no_copies():
     want, _ = run_np(options, arrays, x, [5])
     for d in (0, 1):
         np.testing.assert_allclose(got[1].numpy()[d, :5, 0], want[0, d][1], atol=ATOL, rtol=0)
+
+
+def test_first_batch_one_calls_at_once():
+    """Several first calls of batch 1 in threads at once (a server's first requests):
+    each may make the copies, all get the reference's numbers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    options = make_options(n_layers=2)
+    arrays = random_weights(options, seed=41)
+    lstm = BiLSTM(options.lstm, arrays)
+    fn = tf.function(lambda inputs, mask: lstm(inputs, mask)[0], input_signature=[
+        tf.TensorSpec([2, None, 1, P], tf.float32), tf.TensorSpec([None, 1], tf.bool)])
+    x = random_inputs(10, B=8)
+    fn.get_concrete_function()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda b: fn(*tf_inputs(x[b:b + 1], [7])), range(8)))
+    for b, got in enumerate(outs):
+        want, _ = run_np(options, arrays, x[b:b + 1], [7])
+        for l in range(2):
+            for d in (0, 1):
+                np.testing.assert_allclose(got[l].numpy()[d, :, 0], want[0, d][l], atol=ATOL, rtol=0)
+    assert row_copy(lstm, 1, 1, "projection") is not None
