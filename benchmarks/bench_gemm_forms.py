@@ -45,8 +45,10 @@ def one_product(n: int, k: int, m: int) -> tuple[float, float]:
     return median_ms(right), median_ms(left)
 
 
-def recurrent_step(batch: int, dim: int = 4096, proj: int = 512) -> tuple[float, float]:
-    """(X @ W, W @ X^T) in ms per step of both directions: h @ W_h, then the projection."""
+def recurrent_step(batch: int, dim: int = 4096, proj: int = 512,
+                   in_loop: bool = False) -> tuple[float, float]:
+    """(X @ W, W @ X^T) in ms per step of both directions: h @ W_h, then the projection.
+    The steps are unrolled, or with `in_loop` a tf.while_loop as in `hub_export/lstm.py`."""
     w_h = [tf.Variable(tf.random.normal([proj, 4 * dim]) * 0.05) for _ in range(2)]
     w_p = [tf.Variable(tf.random.normal([dim, proj]) * 0.05) for _ in range(2)]
     w_h_t = [tf.Variable(tf.transpose(w)) for w in w_h]
@@ -54,9 +56,13 @@ def recurrent_step(batch: int, dim: int = 4096, proj: int = 512) -> tuple[float,
     h0 = tf.random.normal([batch, proj])
 
     def chain(step, h):
-        hs = [h, h]
-        for _ in range(STEPS):
-            hs = [step(d, hs[d]) for d in range(2)]
+        if in_loop:
+            _, *hs = tf.while_loop(lambda t, *_: t < STEPS,
+                                   lambda t, h_f, h_b: (t + 1, step(0, h_f), step(1, h_b)), (0, h, h))
+        else:
+            hs = [h, h]
+            for _ in range(STEPS):
+                hs = [step(d, hs[d]) for d in range(2)]
         return tf.reduce_sum(hs[0]) + tf.reduce_sum(hs[1])
 
     right = tf.function(lambda: chain(
@@ -71,6 +77,8 @@ def main() -> None:
     rows = []
     for batch in (1, 16, 64):
         rows.append((f"recurrent step, both directions, B={batch}", *recurrent_step(batch)))
+    for batch in (1, 16):
+        rows.append((f"the same in a tf.while_loop, B={batch}", *recurrent_step(batch, in_loop=True)))
     for label, shape in [("input GEMM, 16x50 batch", (832, 512, 16384)),
                          ("highway (carry+transform), 16x50 batch", (832, 2048, 4096)),
                          ("projection, 16x50 batch", (832, 2048, 512)),

@@ -12,7 +12,7 @@ from the left (W @ h^T, state [D, B] and [P, B]). oneDNN's f32 GEMM ran the recu
 product [4D, P] @ [P, B] about 2x faster at B = 16 than h @ W [B, P] @ [P, 4D], and the
 all-steps input GEMM 2x faster too, on the 2-core AVX2 CPU (benchmarks/RESULTS.md,
 2026-11-26). Batch 1 is the exception: there the step products are matrix-vector
-products, which stream [in, out] matrices from the right about 1.5x faster, so a frozen
+products, which run about 1.2x faster with [in, out] matrices on the right, so a frozen
 biLM runs batch 1 batch-major on [in, out] copies of its step matrices, made at the
 first such call (`_row_kernels`). The weight-file layout is restored by `weight_arrays`.
 
@@ -89,7 +89,7 @@ class BiLSTM(tf.Module):
                     })
                 self.cells.append(pair)
             # Batch 1 multiplies vectors, and there the weight-on-the-right product
-            # h [1, P] @ W [P, 4D] streams the matrix about 1.5x faster than W @ h on the
+            # h [1, P] @ W [P, 4D] runs a step about 1.2x faster than W @ h on the
             # 2-core CPU (benchmarks/RESULTS.md, 2026-11-26, fourth session), while at
             # batch 16 it is 2x slower. So a frozen biLM transposes its step matrices at
             # the first call of batch 1 and keeps those copies for the process (see
@@ -173,7 +173,7 @@ class BiLSTM(tf.Module):
                        lambda: self._recur(cells, gates_x, mask, state, None))
 
     def _recur(self, cells: list[dict], gates_x: list[tf.Tensor], mask: tf.Tensor,
-               state: LayerState, rows: dict | None) -> tuple[tf.Tensor, LayerState]:
+               state: LayerState, rows: list[dict] | None) -> tuple[tf.Tensor, LayerState]:
         """The loop over time steps of one layer, both directions.
 
         Feature-major when `rows` is None (matrices [out, in] on the left, state
