@@ -1,9 +1,11 @@
 """Cost of `python -m hub_export embed` on a large corpus: memory growth and speed.
 
-    python benchmarks/bench_embed.py [--lines 100000] [--batch-size 64] [--layers all]
+    python benchmarks/bench_embed.py [--model default] [--lines 100000] [--batch-size 64] [--layers all]
 
-Exports the bilm-tf fixture model (../shared/fixtures/bilm-tf) into a temporary
-directory, writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, about
+Exports a model into a temporary directory (`--model default`: the built-in default
+model, the smallest real model a user has; `--model fixture`: the 16-wide bilm-tf
+fixture model in ../shared/fixtures/bilm-tf, where writing the output is most of the
+work), writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, about
 25 on average, 1% empty lines, words drawn from a Zipf-like vocabulary) and prints:
 
 * peak RSS of `embed` over the whole corpus and over its first 1,000 lines, each run
@@ -135,6 +137,7 @@ def main() -> None:
                                            int(lines), order)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", choices=["default", "fixture"])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--small-lines", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -142,15 +145,17 @@ def main() -> None:
     parser.add_argument("--in-order-lines", type=int, default=20_000,
                         help="lines used to time the module on consecutive-line batches")
     args = parser.parse_args()
-    if not (FIXTURE / "lm_weights.hdf5").exists():
-        sys.exit(f"the bilm-tf fixture model is not at {FIXTURE}")
+    files = (None, None)
+    if args.model == "fixture":
+        if not (FIXTURE / "lm_weights.hdf5").exists():
+            sys.exit(f"the bilm-tf fixture model is not at {FIXTURE}")
+        files = (FIXTURE / "options.json", FIXTURE / "lm_weights.hdf5")
 
     from hub_export.export import export
 
     with tempfile.TemporaryDirectory(prefix="bench_embed-") as tmp:
         tmp = Path(tmp)
-        module = export(1, FIXTURE / "options.json", FIXTURE / "lm_weights.hdf5",
-                        output_dir=tmp / "exported", write_warmup=False).path
+        module = export(1, *files, output_dir=tmp / "exported", write_warmup=False).path
         big, small = tmp / "corpus.txt", tmp / "corpus-small.txt"
         write_corpus(big, args.lines)
         with open(big) as f, open(small, "w") as g:
@@ -159,7 +164,7 @@ def main() -> None:
 
         few = run_embed(module, small, tmp / "small.hdf5", args.layers, args.batch_size)
         # The module is timed before and after embed and the mean used: a shared
-        # machine's speed drifts (by a third within minutes, seen on 2026-11-25).
+        # machine's speed drifts within minutes.
         before = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
         many = run_embed(module, big, tmp / "big.hdf5", args.layers, args.batch_size)
         after = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
@@ -168,7 +173,7 @@ def main() -> None:
                                "in_order")
 
     rate = many["tokens"] / many["seconds"]
-    print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; fixture model; "
+    print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; {args.model} model; "
           f"--layers {args.layers} --batch-size {args.batch_size}; {os.cpu_count()} CPUs")
     print(f"peak RSS of the embed process: {few['peak_rss_mb']:.0f} MB for {few['lines']:,} "
           f"lines, {many['peak_rss_mb']:.0f} MB for {many['lines']:,} lines: growth {many['peak_rss_mb'] - few['peak_rss_mb']:+.0f} MB "

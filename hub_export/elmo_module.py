@@ -14,7 +14,10 @@ import math
 
 import numpy as np
 import tensorflow as tf
-# The context `tf.saved_model.save` traces in (no public API enters it).
+# Private: TF has no public API to trace a function in the context `tf.saved_model.save`
+# traces in (its cache key includes the save options), so without it the saver traces
+# every function again. tests/test_export.py::test_the_saver_traces_nothing_again fails,
+# naming this import, if the pinned TensorFlow changes either side of that.
 from tensorflow.python.saved_model import save_context
 
 import signatures
@@ -213,8 +216,9 @@ class ElmoModule(tf.Module):
 
 
 # What `tf.saved_model.save` is given. TF keys its trace caches on the save options while
-# it saves, so functions traced outside that context are all traced again there (about 3 s
-# an export); `build_saveable` traces inside the same context instead.
+# it saves, so functions traced outside that context are all traced again there (the
+# tracing step of an export, again: `python benchmarks/bench.py` times an export);
+# `build_saveable` traces inside the same context instead.
 SAVE_OPTIONS = tf.saved_model.SaveOptions()
 
 

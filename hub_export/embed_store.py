@@ -1,19 +1,14 @@
 """Where `embed` keeps its results until the output is complete, so that a kill costs nothing.
 
-HDF5 keeps a file's metadata (B-trees, heaps, object headers) in a cache and writes it
-back when it likes, updating structures in place; a process killed while a file is open
-for writing can leave that file unreadable, even one flushed a moment before. So the
-output is never written under its final name. `<output>.parts/` holds:
+The output is never written under its final name. `<output>.parts/` holds:
 
-* `output.partial`: the output being written, each window's values written once, where
-  they stay. For one dataset a line (`all`, `elmo`) it is a `FlatHdf5Writer` file: the
-  values are appended and the datasets' headers come at the end. For `default` it is an
-  hdf5 file made up front with its one dataset `[n_lines, E]` allocated, whose rows are
-  written in place. It is not an hdf5 file until it is complete, hence the suffix.
-* `journal`: a record per window whose values are in `output.partial` and on disk (the
-  values are flushed to disk before their record is appended): its lines, their token
-  counts and where their values start. A record cut short by a kill, or one that does not
-  fit, ends the journal; the lines after it are embedded again.
+* `output.partial`: the output being written, through h5py, each window's values written
+  once, where they stay: one dataset a line (`all`, `elmo`), or the rows of the one dataset
+  `[n_lines, E]` of `default`, made up front. It has the suffix because it is not the
+  output until every line is in.
+* `journal`: a record per window whose values are in `output.partial` and on disk: its
+  lines and their token counts. A record cut short by a kill, or one whose values the
+  file does not hold, ends the journal; the lines after it are embedded again.
 * `run.json`: the module, the input and the flags; a resume with other ones is refused
   rather than mixing two runs' numbers. It is written before anything else and removed
   right after the output is in place, so a parts directory without it holds nothing of
@@ -23,9 +18,21 @@ output is never written under its final name. `<output>.parts/` holds:
   `embed --resume` moves each into `output.partial` (its record journaled, then the part
   deleted).
 
-So a resume keeps what is in `output.partial` up to the last good record, cuts off the
-rest, and embeds only the lines that no record holds. When every line is in, the
-metadata is written, the file flushed to disk and renamed to `<output>`.
+Why a kill cannot spoil what the journal records: libhdf5 keeps a file's metadata (its
+B-trees, heaps and object headers) in a cache and may write it back at any time,
+updating structures in place, so a file killed while open for writing can be unreadable.
+Here a window is written with the file open only for that window, with the cache told
+not to evict (`_no_evictions`: nothing of the metadata is written before the file is
+closed), then the file is closed, synced to disk, and only then journaled. New datasets'
+values go to space the file did not use before, so what a kill leaves between two
+closes is the file as the last close left it, plus bytes nothing points to. A kill in the
+middle of a close can still damage it: a resume checks every journaled line in the file
+and, if the file cannot be read, embeds every line again (the numbers are the same; only
+the time is lost).
+
+So a resume keeps the windows of `output.partial` up to the last good record, removes
+any dataset after it, and embeds only the lines that no record holds. When every line is
+in, the file is synced and renamed to `<output>`.
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ import h5py
 import numpy as np
 
 from hub_export.errors import HubExportError
-from hub_export.flat_hdf5 import DATA_START, FlatHdf5Writer
 
 SENTENCE_DATASET = "sentence_embeddings"  # the one dataset of layers="default"
 PART_FORMAT = "hub_export.embed.part/2"
@@ -52,11 +58,13 @@ RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 PARTIAL = "output.partial"
 JOURNAL = "journal"
-JOURNAL_MAGIC = b"hub_export.embed.journal/1\n"
-_RECORD = struct.Struct("<4sIQQ")  # b"WIN1", k lines, offset of their values, their bytes
+# /2: the values are in an hdf5 file written through h5py (/1 was a file of our own layout).
+JOURNAL_MAGIC = b"hub_export.embed.journal/2\n"
+_RECORD = struct.Struct("<4sIQQ")  # b"WIN1", k lines, 0 (unused), bytes of their values
 _RECORD_TAG = b"WIN1"
 # The oldest file format, h5py's default and what bilm-tf itself writes: readable by every
-# HDF5 reader, and (measured) no slower than the newer formats for 10^5 small datasets.
+# HDF5 reader. (`python benchmarks/bench_embed.py --model default` times embed against the
+# module alone.)
 LIBVER = "earliest"
 
 
@@ -209,6 +217,26 @@ def journaled_lines(parts: Path) -> int:
     return sum(len(lines) for lines, _, _, _ in records)
 
 
+def _no_evictions(f: h5py.File) -> None:
+    """Tells libhdf5 to keep all of `f`'s metadata in its cache until the file is closed.
+
+    libhdf5 documents `evictions_enabled = False` (which needs the cache's automatic
+    resizing off) as: no entry leaves the cache, so none is written, before a flush or
+    close. A window's metadata is a few hundred kB, and the file is closed after each.
+    """
+    config = f.id.get_mdc_config()
+    # 0 is H5C_incr__off, H5C_flash_incr__off and H5C_decr__off (h5py names none of them).
+    config.incr_mode = config.flash_incr_mode = config.decr_mode = 0
+    config.evictions_enabled = False
+    f.id.set_mdc_config(config)
+
+
+def _dataset_plist() -> h5py.h5p.PropDCID:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)  # no times: the same values give the same file
+    return dcpl
+
+
 class Store:
     """The output being written, and its journal (see the module doc).
 
@@ -235,19 +263,15 @@ class Store:
         self.path = parts / PARTIAL
         # One dataset a line: a line's [J, n, W] (all) or [n, W] (elmo) block.
         self.lead = (depth,) if layers == "all" else ()
-        self.token_bytes = int(np.prod(self.lead + (width,))) * 4  # a token's values in it
         self.done = np.zeros(n_lines, bool)
-        self.lines: FlatHdf5Writer | None = None  # all, elmo
-        self.table_fd: int | None = None  # default: the file, and where its dataset starts
-        self.table_offset: int | None = None
         self.journal = None
         records, journal_end = read_journal(parts / JOURNAL) if resume else ([], 0)
         kept = self._reopen(records, note) if records else None
         if kept is None:
             self._create()
-            records, journal_end = [], 0
+            journal_end = 0
         else:
-            records, journal_end = kept
+            journal_end = kept
         if journal_end:
             self.journal = open(parts / JOURNAL, "r+b")
             self.journal.truncate(journal_end)
@@ -257,82 +281,109 @@ class Store:
             self.journal.write(JOURNAL_MAGIC)
             self._sync_journal()
 
-    def _create(self) -> None:
-        if self.layers != "default":
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, self.lead, (self.width,))
-            return
-        # The dataset's storage is allocated now and never filled: rows not yet written
-        # are holes in the file, read as zeros, the `default` of an empty line.
-        with h5py.File(self.path, "w", libver=LIBVER) as f:
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            space = h5py.h5s.create_simple((self.n_lines, self.width))
-            dataset = h5py.h5d.create(f.id, SENTENCE_DATASET.encode(), h5py.h5t.IEEE_F32LE, space,
-                                      dcpl=dcpl)
-            self.table_offset = dataset.get_offset()  # None without rows
-        self.table_fd = os.open(self.path, os.O_WRONLY)
+    def _shape(self, n_tokens: int) -> tuple[int, ...]:
+        return self.lead + (int(n_tokens), self.width)
 
-    def _reopen(self, records: list, note: Callable[[str], None]) -> tuple[list, int] | None:
-        """Takes over what a killed run saved; None if nothing of it can be used."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+    @contextlib.contextmanager
+    def _open(self, mode: str = "r+") -> Iterator[h5py.File]:
+        """`output.partial` for one window's writes; closed and on disk after the block."""
+        with h5py.File(self.path, mode, libver=LIBVER) as f:
+            _no_evictions(f)
+            yield f
+        fsync_path(self.path)
+
+    def _create(self) -> None:
+        with self._open("w") as f:
+            if self.layers == "default":
+                # The dataset's storage is allocated now, so that writing its rows changes
+                # no metadata; rows not yet written are holes in the file, read as zeros
+                # (the `default` of an empty line).
+                dcpl = _dataset_plist()
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                space = h5py.h5s.create_simple((self.n_lines, self.width))
+                h5py.h5d.create(f.id, SENTENCE_DATASET.encode(), h5py.h5t.IEEE_F32LE, space,
+                                dcpl=dcpl)
+        fsync_path(self.parts)
+
+    def _reopen(self, records: list, note: Callable[[str], None]) -> int | None:
+        """Takes over what a killed run saved: the end of the journal's good records, or
+        None if nothing of it can be used."""
+        if not self.path.exists():
             note(f"{self.path} is missing; embedding every line again")
             return None
-        if self.layers == "default":
-            try:
-                with h5py.File(self.path, "r") as f:
-                    dataset = f[SENTENCE_DATASET]
-                    if dataset.shape != (self.n_lines, self.width):
-                        raise ValueError(f"shape {dataset.shape}")
-                    self.table_offset = dataset.id.get_offset()
-            except (OSError, KeyError, ValueError) as e:
-                note(f"{self.path} is damaged ({e}); embedding every line again")
-                return None
-        end = DATA_START
-        good, journal_end = 0, len(JOURNAL_MAGIC)
-        for lines, n_tokens, offset, nbytes in records:
+        try:
+            with h5py.File(self.path, "r") as f:
+                if self.layers == "default":
+                    shape = f[SENTENCE_DATASET].shape
+                    if shape != (self.n_lines, self.width):
+                        raise ValueError(f"shape {shape}")
+                    good = self._good_records(records, lambda lines, n_tokens: True, note)
+                else:
+                    good = self._good_records(records, lambda lines, n_tokens: all(
+                        self._holds(f, line, n) for line, n in zip(lines, n_tokens)), note)
+                    extra = len(f) - int(self.done.sum())
+        except (OSError, KeyError, ValueError) as e:
+            self.done[:] = False
+            note(f"{self.path} is damaged ({e}); embedding every line again")
+            return None
+        if self.layers != "default" and extra:
+            # Datasets of windows written but not journaled (a kill between the two), or
+            # of records that did not fit: their lines are embedded again.
+            with self._open() as f:
+                for name in [name for name in f if not self.done[int(name)]]:
+                    del f[name]
+        return len(JOURNAL_MAGIC) + sum(_RECORD.size + 16 * len(lines) + 4
+                                        for lines, _, _, _ in records[:good])
+
+    def _good_records(self, records: list, held: Callable, note: Callable[[str], None]) -> int:
+        """How many records, from the first, fit this run and the file; marks their lines."""
+        for good, (lines, n_tokens, _, _) in enumerate(records):
             fits = (len(lines) > 0 and lines.min() >= 0 and lines.max() < self.n_lines
                     and np.all(np.diff(lines) > 0) and np.all(n_tokens >= 0)
-                    and not self.done[lines].any())
-            if self.layers != "default":
-                fits = (fits and offset == end and nbytes == int(n_tokens.sum()) * self.token_bytes
-                        and offset + nbytes <= size)
+                    and not self.done[lines].any() and held(lines, n_tokens))
             if not fits:
                 note(f"{self.parts / JOURNAL}: record {good + 1} does not fit what was saved; "
                      "embedding its lines and those after it again")
-                break
+                return good
             self.done[lines] = True
-            end = offset + nbytes
-            good += 1
-            journal_end += _RECORD.size + 16 * len(lines) + 4
-        if self.layers == "default":
-            self.table_fd = os.open(self.path, os.O_WRONLY)
-        else:
-            self.lines = FlatHdf5Writer(self.path, self.n_lines, self.lead, (self.width,), keep=end)
-            for lines, n_tokens, offset, _ in records[:good]:
-                self.lines.place(lines, n_tokens, offset)
-        return records[:good], journal_end
+        return len(records)
+
+    def _holds(self, f: h5py.File, line: int, n_tokens: int) -> bool:
+        dataset = f.get(str(int(line)))
+        return isinstance(dataset, h5py.Dataset) and dataset.shape == self._shape(n_tokens)
 
     def add(self, window: Window) -> None:
         """Writes a window's values, puts them on disk, then journals them."""
         values = np.ascontiguousarray(window.values, np.float32)
-        if self.table_fd is not None:
-            offset, nbytes = 0, 0
-            # Consecutive lines go in as one write (a window is usually a single run).
-            breaks = np.flatnonzero(np.diff(window.lines) != 1) + 1
-            for rows in np.split(np.arange(len(window.lines)), breaks):
-                first = int(window.lines[rows[0]])
-                os.pwrite(self.table_fd, memoryview(values[rows[0]: rows[-1] + 1]).cast("B"),
-                          self.table_offset + first * self.width * 4)
-            os.fdatasync(self.table_fd)
-        else:
-            offset = self.lines.add(window.lines, window.n_tokens, values)
-            nbytes = values.nbytes
-            self.lines.flush()
-        self.journal.write(_record(window.lines, window.n_tokens, offset, nbytes))
+        with self._open() as f:
+            if self.layers == "default":
+                dataset = f[SENTENCE_DATASET]
+                # Consecutive lines go in as one write (a window is usually a single run).
+                breaks = np.flatnonzero(np.diff(window.lines) != 1) + 1
+                for rows in np.split(np.arange(len(window.lines)), breaks):
+                    first = int(window.lines[rows[0]])
+                    dataset[first: first + len(rows)] = values[rows[0]: rows[-1] + 1]
+            else:
+                self._add_lines(f, window.lines, window.n_tokens, values.reshape(-1))
+        self.journal.write(_record(window.lines, window.n_tokens, 0, values.nbytes))
         self._sync_journal()
         self.done[window.lines] = True
+
+    def _add_lines(self, f: h5py.File, lines: np.ndarray, n_tokens: np.ndarray,
+                   flat: np.ndarray) -> None:
+        # h5py's low-level calls: the high-level `create_dataset` spends most of its time
+        # on argument handling that these fixed float32 datasets do not need.
+        dcpl = _dataset_plist()
+        per_token = int(np.prod(self.lead, dtype=np.int64)) * self.width
+        at = 0
+        for line, n in zip(lines.tolist(), n_tokens.tolist()):
+            shape = self._shape(n)
+            dataset = h5py.h5d.create(f.id, str(line).encode(), h5py.h5t.IEEE_F32LE,
+                                      h5py.h5s.create_simple(shape), dcpl=dcpl)
+            if n:
+                block = flat[at: at + n * per_token].reshape(shape)
+                dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, block)
+                at += n * per_token
 
     def add_part(self, path: Path) -> None:
         """Moves a part a Beam worker saved into the output, then deletes it."""
@@ -346,29 +397,18 @@ class Store:
         path.unlink()
 
     def finish(self, output: Path) -> None:
-        """Completes the file (every line must be in) and renames it to `output`."""
+        """Renames the complete file (every line must be in) to `output`."""
         if not self.done.all():
             raise EmbedError(f"{self.parts}: {int((~self.done).sum())} lines are missing, the "
                              f"first line {int(np.argmin(self.done))}; run again with --resume")
-        if self.table_fd is not None:
-            os.fsync(self.table_fd)
-            os.close(self.table_fd)
-            self.table_fd = None
-        else:
-            self.lines.close()
-            fsync_path(self.path)
-        os.replace(self.path, output)
+        os.replace(self.path, output)  # on disk already: each window's close synced it
         fsync_path(output.parent)
 
     def close(self) -> None:
-        """Lets go of the files, finished or not."""
-        if self.table_fd is not None:
-            os.close(self.table_fd)
-            self.table_fd = None
-        if self.lines is not None:
-            self.lines.abort()
+        """Lets go of the journal, finished or not (the hdf5 file is open only in `add`)."""
         if self.journal is not None:
             self.journal.close()
+            self.journal = None
 
     def _sync_journal(self) -> None:
         self.journal.flush()

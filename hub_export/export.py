@@ -29,13 +29,12 @@ import tensorflow as tf
 
 from hub_export import default_model, module_card, warmup
 from hub_export.bilm import BiLM
-from hub_export.deferred_weights import DeferredWeights
 from hub_export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
-from hub_export.options import BiLMOptions, load_options
+from hub_export.options import load_options
 from hub_export.progress import Progress
 from hub_export.token_cache import TokenCache, read_vocab
-from hub_export.weights import WeightReader, weight_specs
+from hub_export.weights import WeightReader
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_PREFIX = ".tmp-"
@@ -149,7 +148,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     vocab_words = read_vocab(vocab_path) if vocab_path is not None else None
     progress = progress or Progress(0, stream=None)
 
-    deferred = weights_hash = None
+    weights_hash = None
     with progress.step("reading options and weights into the biLM"):
         kwargs = {"trainable": config.trainable == "all", "compute_dtype": config.compute_dtype}
         if options_path is None:
@@ -169,16 +168,9 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             weights_hash = hashing.submit(sha256_file, weights_path)
             hashing.shutdown(wait=False)
             # Each dataset becomes its variable as it is read, so the export never holds
-            # a second copy of the weights (peak memory ~ one model, not two). In float32
-            # the big matrices are not even read now: they go from the file into the saved
-            # checkpoint after the save, a few MB at a time (deferred_weights).
+            # a second copy of the weights (peak memory ~ one model, not two).
             with WeightReader(weights_path, options) as reader:
-                if config.compute_dtype == "float32":
-                    deferred = DeferredWeights(reader, _deferred_datasets(
-                        options, with_token_cache=vocab_words is not None))
-                    bilm = BiLM(options, deferred, **kwargs)
-                else:
-                    bilm = BiLM(options, reader, **kwargs)
+                bilm = BiLM(options, reader, **kwargs)
             source = {"model": str(weights_path), "options": str(options_path),
                       "weights": str(weights_path), "weights_sha256": None,
                       "untrained": False}
@@ -209,8 +201,6 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     try:
         with progress.step(f"saving to {target}"):
             tf.saved_model.save(root, str(tmp), signatures=fns, options=SAVE_OPTIONS)
-            if deferred is not None:
-                deferred.fill(tmp)
             extra = tmp / "assets.extra"
             extra.mkdir(exist_ok=True)
             (extra / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -237,15 +227,3 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             write_archive(target, archive_path)
     return ExportResult(path=target, archive=archive_path if archive else None, manifest=manifest)
 
-
-def _deferred_datasets(options: BiLMOptions, with_token_cache: bool) -> list[str]:
-    """The matrices an export streams: the LSTM's, and the token representation's unless
-    the token cache computes with them before the save."""
-    names = []
-    for spec in weight_specs(options):
-        lstm = spec.name.startswith("RNN_") and spec.name.endswith(("/W_0", "/W_P_0"))
-        token = spec.name == "CNN_proj/W_proj" or (spec.name.startswith("CNN_high_")
-                                                   and "/W_" in spec.name)
-        if lstm or (token and not with_token_cache):
-            names.append(spec.name)
-    return names

@@ -11,18 +11,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from hub_export.deferred_weights import DeferredMatrix
-
 COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 
 
-def matrix_variable(value: np.ndarray | DeferredMatrix, dtype: tf.DType, trainable: bool,
+def matrix_variable(value: np.ndarray, dtype: tf.DType, trainable: bool,
                     name: str) -> tf.Variable:
-    """A weight matrix stored in the compute dtype (a deferred one: float32 only)."""
-    if isinstance(value, DeferredMatrix):
-        if dtype != tf.float32:
-            raise ValueError(f"{name}: a deferred matrix cannot be stored as {dtype.name}")
-        return value.variable(trainable, name)
+    """A weight matrix stored in the compute dtype."""
     return tf.Variable(tf.cast(value, dtype) if dtype != tf.float32 else value,
                        trainable=trainable, name=name)
 

@@ -127,19 +127,37 @@ def test_values_missing_from_the_file_are_redone(tmp_path):
     windows = make_windows("elmo")
     parts = tmp_path / "parts"
     killed_after(parts, "elmo", windows[:4])
-    records, _ = read_journal(parts / JOURNAL)
-    third_ends = records[2][2] + records[2][3]
-    with open(parts / PARTIAL, "r+b") as f:  # the file lost the end of the fourth window
-        f.truncate(third_ends + 4)
+    with h5py.File(parts / PARTIAL, "r+") as f:  # the file lost a line of the fourth window
+        del f[str(windows[3].lines[2])]
     notes = []
     again = new_store(parts, "elmo", resume=True, notes=notes)
     assert np.flatnonzero(again.done).tolist() == list(range(21))
     assert len(notes) == 1 and "record 4 does not fit what was saved" in notes[0]
+    with h5py.File(parts / PARTIAL, "r") as f:  # the rest of that window is gone too
+        assert sorted(map(int, f)) == list(range(21))
     for w in windows[3:]:
         again.add(w)
     again.finish(tmp_path / "out.hdf5")
     again.close()
     assert_output(tmp_path / "out.hdf5", expected(windows, "elmo"))
+
+
+@pytest.mark.parametrize("layers", ["all", "default"])
+def test_an_unreadable_file_starts_over(tmp_path, layers):
+    windows = make_windows(layers)
+    parts = tmp_path / "parts"
+    killed_after(parts, layers, windows[:2])
+    with open(parts / PARTIAL, "r+b") as f:  # what a kill in the middle of a close could do
+        f.write(b"\0" * 64)
+    notes = []
+    again = new_store(parts, layers, resume=True, notes=notes)
+    assert not again.done.any()
+    assert len(notes) == 1 and f"{PARTIAL} is damaged (" in notes[0], notes
+    for w in windows:
+        again.add(w)
+    again.finish(tmp_path / "out.hdf5")
+    again.close()
+    assert_output(tmp_path / "out.hdf5", expected(windows, layers))
 
 
 @pytest.mark.parametrize("layers", ["all", "default"])

@@ -373,3 +373,40 @@ def test_weight_file_unreadable_while_hashing(small_files, tmp_path, monkeypatch
     with pytest.raises(HubExportError, match=re.escape(f"--weights: cannot read {weights_path} to hash it")):
         export_model(tmp_path, options_path, weights_path)
     assert not (tmp_path / "elmo" / "1").exists()
+
+
+def test_the_saver_traces_nothing_again(tmp_path):
+    """`elmo_module.build_saveable` relies on the private `save_context`: a function
+    traced inside it is one `tf.saved_model.save` does not trace again. This fails when
+    the pinned TensorFlow changes either side of that."""
+    from tensorflow.python.saved_model import save_context
+
+    from hub_export.elmo_module import SAVE_OPTIONS
+
+    def saved_traces(in_context: bool) -> int:
+        traces = []
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(x):
+            traces.append(1)
+            return 2 * x
+
+        root = tf.Module()
+        root.double = double
+        if in_context:
+            with save_context.save_context(SAVE_OPTIONS):
+                double.get_concrete_function()
+        else:
+            double.get_concrete_function()
+        before = len(traces)
+        tf.saved_model.save(root, str(tmp_path / f"in_context_{in_context}"), options=SAVE_OPTIONS)
+        return len(traces) - before
+
+    assert saved_traces(in_context=True) == 0, (
+        f"TensorFlow {tf.__version__}: tf.saved_model.save traces again a function traced in "
+        "tensorflow.python.saved_model.save_context; hub_export/elmo_module.py's "
+        "build_saveable no longer saves the tracing (look for a public API)")
+    assert saved_traces(in_context=False) > 0, (
+        f"TensorFlow {tf.__version__}: tf.saved_model.save no longer traces again a function "
+        "traced outside its context; hub_export/elmo_module.py can drop its private "
+        "save_context import")
