@@ -56,8 +56,9 @@ class ExportConfig:
         projection_dim: int or None. A trainable projection of `elmo` and `default` to
             this width.
         seed: int. Seed for the initial projection kernel.
-        compute_dtype: str. "float32" (equal to the reference) or "bfloat16" (faster
-            matrix products, about 1e-2 from float32; see `hub_export.precision`).
+        compute_dtype: str. "float32" (equal to the reference) or "bfloat16" (about
+            1e-2 from float32, faster only on CPUs with bfloat16 instructions; see
+            `hub_export.precision`).
     """
 
     trainable: str = "mix"
@@ -133,8 +134,8 @@ class ElmoModule(tf.Module):
                 )
         self.output_specs = signatures.output_specs(
             lstm.projection_dim, lstm.n_layers, config.projection_dim)
-        # One trace of the biLM that every endpoint calls: tracing it once per endpoint
-        # was most of an export's time, and wrote the same graph four times.
+        # One trace of the biLM that every endpoint calls: traced once per endpoint, the
+        # same graph would be traced and written four times.
         token_specs = signatures.tokens.INPUT_SPECS
         self._bilm_outputs = tf.function(
             self.bilm_outputs, autograph=False,

@@ -54,8 +54,8 @@ class Highway(tf.Module):
         """x float32 [N, F] -> [N, F]."""
         if not self.layers:
             return x
-        # Feature-major, W [out, in] @ x^T [in, N]: oneDNN's f32 GEMM ran this 1.4x faster
-        # than x @ W on the 2-core AVX2 CPU (benchmarks/RESULTS.md, 2026-11-26).
+        # Feature-major, W [out, in] @ x^T [in, N]: the form oneDNN's f32 GEMM runs faster
+        # than x @ W here (`python benchmarks/bench_gemm_forms.py` times both).
         x = tf.transpose(x)
         for layer in self.layers:
             gate = tf.sigmoid(product(layer["W_carry"], x) + layer["b_carry"][:, None])

@@ -5,16 +5,17 @@ Layout. Inputs, outputs and states carry the two directions on a leading axis of
 both directions. The input half of every gate pre-activation is one GEMM per layer and
 direction over all time steps, outside the recurrence. Each direction keeps its own
 weight matrices and its own plain matmuls: TF's CPU BatchMatMul over a stacked
-[2, ...] batch measured 2-4x slower per step than two MatMuls (benchmarks/RESULTS.md).
+[2, ...] batch is slower per step than two MatMuls.
 
 Inside a layer the work is feature-major: matrices are held as [out, in] and multiply
-from the left (W @ h^T, state [D, B] and [P, B]). oneDNN's f32 GEMM ran the recurrent
-product [4D, P] @ [P, B] about 2x faster at B = 16 than h @ W [B, P] @ [P, 4D], and the
-all-steps input GEMM 2x faster too, on the 2-core AVX2 CPU (benchmarks/RESULTS.md,
-2026-11-26). Batch 1 is the exception: there the step products are matrix-vector
-products, which run about 1.2x faster with [in, out] matrices on the right, so a frozen
-biLM runs batch 1 batch-major on [in, out] copies of its step matrices, made at the
-first such call (`_row_kernels`). The weight-file layout is restored by `weight_arrays`.
+from the left (W @ h^T, state [D, B] and [P, B]), the form in which oneDNN's f32 GEMM
+runs the recurrent product and the all-steps input GEMM faster at batch sizes above 1.
+Batch 1 is the exception: there the step products are matrix-vector products, which run
+faster with [in, out] matrices on the right, so a frozen biLM runs batch 1 batch-major
+on [in, out] copies of its step matrices, made at the first such call (`_row_kernels`).
+`python benchmarks/bench_gemm_forms.py` times each form; benchmarks/RESULTS.md has the
+figures and the CPUs they were taken on. The weight-file layout is restored by
+`weight_arrays`.
 
 Conventions bridged from the TF LSTMCell that bilm-tf trained with:
 - `W_0` is [input; h_prev] x 4D: rows [:input_dim] act on the input, the rest on h.
@@ -89,11 +90,11 @@ class BiLSTM(tf.Module):
                     })
                 self.cells.append(pair)
             # Batch 1 multiplies vectors, and there the weight-on-the-right product
-            # h [1, P] @ W [P, 4D] runs a step about 1.2x faster than W @ h on the
-            # 2-core CPU (benchmarks/RESULTS.md, 2026-11-26, fourth session), while at
-            # batch 16 it is 2x slower. So a frozen biLM transposes its step matrices at
-            # the first call of batch 1 and keeps those copies for the process (see
-            # `_row_kernels`); a trainable one has none (they would go stale as it trains).
+            # h [1, P] @ W [P, 4D] runs a step faster than W @ h, while at batch 16 it is
+            # slower (`python benchmarks/bench_gemm_forms.py`). So a frozen biLM transposes
+            # its step matrices at the first call of batch 1 and keeps those copies for the
+            # process (see `_row_kernels`); a trainable one has none (they would go stale
+            # as it trains).
             self.row_copies = None if trainable else f"hub_export_rows_{uuid.uuid4().hex}"
 
     def weight_arrays(self) -> dict[str, np.ndarray]:

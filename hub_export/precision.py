@@ -1,9 +1,12 @@
 """Compute precision of the biLM's matrix products (`--compute-dtype`).
 
 float32 is exact to the reference. bfloat16 stores the highway, projection and LSTM
-matrices in bfloat16 and multiplies in it (the CPU's AVX512-BF16 / AMX units run such
-products about twice as fast, and half the bytes stream per LSTM step); every sum of
-gates, the cell state, clipping and outputs stay float32. The char CNN stays float32.
+matrices in bfloat16 and multiplies in it (half the bytes stream per LSTM step); every
+sum of gates, the cell state, clipping and outputs stay float32. The char CNN stays
+float32. Its outputs are about 1e-2 from float32's (values of magnitude about 1), and
+it pays only on CPUs with bfloat16 instructions (AVX512-BF16 or AMX): elsewhere TF
+emulates it and it runs slower. `python benchmarks/bench.py` measures both on the
+machine at hand; benchmarks/RESULTS.md has the figures and the CPU flags.
 """
 
 from __future__ import annotations
