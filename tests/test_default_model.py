@@ -87,7 +87,7 @@ def test_card_gives_the_recipe(module):
     result, _ = module
     card = (result.path / "assets.extra" / "README.md").read_text()
     recipe = default_model.recipe()
-    assert "## Recipe" in card and "UNTRAINED" not in card
+    assert "## Recipe" in card and "built-in default model" in card
     assert recipe["corpus"]["package"] in card
     assert f"{recipe['result']['held_out_perplexity']:.1f}" in card
     assert result.manifest["source"]["weights_sha256"] == recipe["weights_sha256"]

@@ -40,7 +40,7 @@ def token_inputs(rows: list[list[str]], extra: int = 0) -> dict:
             "sequence_len": tf.constant([len(r) for r in rows], tf.int32)}
 
 
-def all_outputs(module, P: int, L: int = 2, elmo_dim: int | None = None):
+def all_outputs(module):
     """Yields (how, outputs) for every signature and both __call__ input forms."""
     tok = token_inputs(TOKENS)
     yield "signature default", module.signatures["default"](default=tf.constant(SENTENCES))
@@ -52,7 +52,7 @@ def all_outputs(module, P: int, L: int = 2, elmo_dim: int | None = None):
 
 def check_contract(module, P: int, L: int, elmo_dim: int | None = None):
     specs = signatures.output_specs(P, L, elmo_dim)
-    for how, out in all_outputs(module, P, L, elmo_dim):
+    for how, out in all_outputs(module):
         assert sorted(out) == sorted(s.name for s in specs), how
         for spec in specs:
             value = out[spec.name]
@@ -89,7 +89,7 @@ def test_values_equal_in_memory_bilm(small_export):
     layers += [h.numpy() for h in ref["lstm_outputs"]]
     elmo = sum(w * x for w, x in zip(weights, layers))
     n = np.array([len(t) for t in TOKENS])
-    for how, out in all_outputs(module, 8):
+    for how, out in all_outputs(module):
         np.testing.assert_allclose(out["word_emb"], ref["word_emb"], atol=1e-6, rtol=0, err_msg=how)
         for layer in (1, 2):
             np.testing.assert_allclose(out[f"lstm_outputs{layer}"], ref["lstm_outputs"][layer - 1],
@@ -145,7 +145,7 @@ def small_files(tmp_path_factory):
 def test_flags_scalar_mix_init_freeze_l2(small_files, tmp_path):
     config = ExportConfig(scalar_mix_init=(0.0, 1.0, -1.0), freeze_mix=True, l2_coef=0.5)
     module = hub.load(str(export_model(tmp_path, *small_files, config=config).path))
-    assert module.trainable_variables == [] or len(module.trainable_variables) == 0
+    assert [v.name for v in module.trainable_variables] == []
     out = module(tf.constant(["a b c"]))
     w = tf.nn.softmax(tf.constant([0.0, 1.0, -1.0]) + 1.0 / 3).numpy()
     layers = [np.concatenate([out["word_emb"]] * 2, -1), out["lstm_outputs1"], out["lstm_outputs2"]]
@@ -222,7 +222,7 @@ def test_module_card_and_manifest(small_export):
     for spec in signatures.output_specs(8, 2):
         assert f"| `{spec.name}` | {spec.dtype.name} | {spec.shape_text()} |" in card
     assert manifest["source"]["weights_sha256"] in card
-    assert "UNTRAINED" not in card
+    assert "built-in default model" not in card  # that paragraph is the built-in model's
 
 
 def test_builtin_default_model_exports_without_files(tmp_path):
@@ -244,7 +244,8 @@ def test_existing_version_needs_overwrite(small_export, small_files, tmp_path):
     export_model(tmp_path, *small_files, version=2, overwrite=True)
     manifest = json.loads((existing / "assets.extra" / "manifest.json").read_text())
     assert manifest["source"]["weights"] == str(small_files[1])  # the new export's
-    assert hub.load(str(existing)).signatures["default"] is not None
+    outputs = hub.load(str(existing)).signatures["default"](default=tf.constant(["a b"]))
+    assert sorted(outputs) == sorted(s.name for s in signatures.output_specs(8, 2))
     assert sorted(p.name for p in (tmp_path / "elmo").iterdir()) == ["2"]
 
 
