@@ -55,7 +55,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, code: int, pattern: 
     (["--version", "1", "--options", "opts.json"],
      r"--options and --weights go together.*--options=opts\.json, --weights=None"),
     (["--version", "1", "--projection-dim", "0"],
-     r"flag --projection_dim=0: 0 is not a positive integer"),
+     r"flag --projection-dim=0: 0 is not a positive integer"),
 ], ids=["version-0", "version-negative", "version-not-int", "version-missing",
         "options-without-weights", "projection-dim-0"])
 def test_cli_usage_errors(tmp_path, args, pattern):

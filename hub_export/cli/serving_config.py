@@ -1,0 +1,41 @@
+"""`python -m hub_export serving-config`: TF Serving's models.config for the exports."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from hub_export.errors import HubExportError
+
+SUMMARY = "Write <base>/models.config for TF Serving, covering the versions on disk"
+EXAMPLES = ("--base exported --name elmo --label stable=3",)
+
+
+def define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("base", "exported", "The export root holding <name>/<version>/.",
+                        flag_values=fv)
+    flags.DEFINE_string("name", "elmo", "The model's directory name under --base.",
+                        flag_values=fv)
+    flags.DEFINE_list("versions", None, "Serve exactly these versions, e.g. 2,3 (default: "
+                      "every version found).", flag_values=fv)
+    flags.DEFINE_integer("latest", None, "Serve the newest N versions instead.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_multi_string("label", None, "A version label, e.g. stable=3 (repeatable).",
+                              flag_values=fv)
+    flags.DEFINE_string("serving-root", None, "The path at which the server sees --base "
+                        "(e.g. /models in the tensorflow/serving container); default: "
+                        "--base's absolute path.", flag_values=fv)
+
+
+def main(fv: flags.FlagValues) -> int:
+    from hub_export.serving_config import parse_labels, write_config
+
+    versions = None
+    if fv.versions:
+        if not all(v.strip().isdigit() for v in fv.versions):
+            raise HubExportError(f"--versions: expected version numbers like 2,3, got "
+                                 f"{','.join(fv.versions)}")
+        versions = [int(v) for v in fv.versions]
+    path = write_config(fv.base, name=fv.name, versions=versions, latest=fv.latest,
+                        labels=parse_labels(fv.label), serving_root=fv["serving-root"].value)
+    print(path)
+    return 0
