@@ -29,6 +29,7 @@ from hub_export import lm_data, trainer  # noqa: E402
 from hub_export.default_model import OPTIONS  # noqa: E402
 from hub_export.language_model import LanguageModel, initial_softmax, initial_weights  # noqa: E402
 from hub_export.options import parse_options  # noqa: E402
+from hub_export.vocab import Vocabulary, write_vocab  # noqa: E402
 
 VOCAB_SIZE = 15907  # the recipe's vocabulary
 BATCH, UNROLL, NEGATIVES = 64, 20, 1024
@@ -48,7 +49,7 @@ def generated_corpus(folder: str, n_sentences: int = 20000, seed: int = 0) -> tu
             f.write(" ".join(words[i] for i in rng.choice(len(words), rng.integers(5, 40), p=p)) + "\n")
     stats = lm_data.corpus_stats([path], "x")
     vocab_path = os.path.join(folder, "vocab.txt")
-    lm_data.write_vocab(vocab_path, stats.counts)
+    write_vocab(vocab_path, stats.counts)
     return path, vocab_path
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     options = parse_options(OPTIONS)
     with tempfile.TemporaryDirectory() as folder:
         train_path, vocab_path = generated_corpus(folder)
-        vocab = lm_data.load_training_vocab(vocab_path)
+        vocab = Vocabulary(vocab_path).check_training()
         batches = lm_data.WindowBatcher(
             lm_data.sentence_stream([train_path], "x", shuffle=True, repeat=True), vocab, BATCH,
             UNROLL, options.char_cnn.max_characters_per_token)

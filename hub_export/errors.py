@@ -19,3 +19,7 @@ class WeightsError(HubExportError, ValueError):
 
 class InputError(HubExportError, ValueError):
     """A model input (sentences, tokens, lengths, char ids, states) is malformed."""
+
+
+class VocabError(HubExportError, ValueError):
+    """A vocabulary file is missing, unreadable, not UTF-8, or breaks a rule its use needs."""

@@ -33,7 +33,8 @@ from hub_export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build
 from hub_export.errors import HubExportError
 from hub_export.options import load_options
 from hub_export.progress import Progress
-from hub_export.token_cache import TokenCache, read_vocab
+from hub_export.token_cache import TokenCache
+from hub_export.vocab import Vocabulary
 from hub_export.weights import WeightReader
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -145,7 +146,7 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                              "for the built-in default model")
     output_dir = Path(output_dir)
     target, archive_path = _check_target(output_dir, name, version, overwrite, archive)
-    vocab_words = read_vocab(vocab_path) if vocab_path is not None else None
+    vocab_words = Vocabulary(vocab_path).distinct_words() if vocab_path is not None else None
     progress = progress or Progress(0, stream=None)
 
     weights_hash = None

@@ -37,10 +37,8 @@ import numpy as np
 
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.errors import HubExportError
-from hub_export.textfiles import open_user_file
-from hub_export.token_embeddings import UNK_TOKEN, Vocabulary, VocabError
-
-SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+from hub_export.textfiles import read_lines
+from hub_export.vocab import Vocabulary
 
 
 class DataError(HubExportError, ValueError):
@@ -65,15 +63,9 @@ def read_file_sentences(path: str, flag: str) -> list[list[str]]:
     Raises:
         DataError: the file cannot be read, or a line is not UTF-8 (with its number).
     """
-    with open_user_file(path, flag, "text file", DataError) as f:
-        raw = f.read()
     sentences = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            tokens = line.decode("utf-8").split()
-        except UnicodeDecodeError as e:
-            raise DataError(f"{flag}: {path}: line {number} is not UTF-8 (byte "
-                            f"{line[e.start]:#04x} at byte {e.start + 1} of the line)") from None
+    for _, line in read_lines(path, flag, "text file", DataError):
+        tokens = line.split()
         if tokens:
             sentences.append(tokens)
     return sentences
@@ -101,68 +93,6 @@ def corpus_stats(files: Iterable[str], flag: str) -> CorpusStats:
         raise DataError(f"{flag}: the {len(files)} file(s) matched hold no sentence (every "
                         f"line is empty): {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}")
     return CorpusStats(counts, sum(counts.values()), n_sentences)
-
-
-def load_training_vocab(path: str | os.PathLike, counts: collections.Counter | None = None
-                        ) -> Vocabulary:
-    """Reads a vocabulary for training and checks it against bilm-tf's rules.
-
-    Args:
-        path: the vocabulary file.
-        counts: word counts of the training files; when given, the words after the three
-            special tokens must be in non-increasing order of these counts.
-
-    Raises:
-        VocabError: naming the file, the line and what is wrong.
-    """
-    vocab = Vocabulary(path)
-    head = vocab.words[:3]
-    if tuple(head) != SPECIAL_TOKENS:
-        for i, token in enumerate(SPECIAL_TOKENS):
-            if i >= len(vocab.words) or vocab.words[i] != token:
-                found = repr(vocab.words[i]) if i < len(vocab.words) else "the end of the file"
-                raise VocabError(
-                    f"--vocab: {path}: line {vocab.lines[i] if i < len(vocab.lines) else i + 1} "
-                    f"should be {token} but is {found}: a training vocabulary starts with "
-                    f"{', '.join(SPECIAL_TOKENS)} on its first three lines, then the words by "
-                    "descending count")
-    seen: dict[str, int] = {}
-    for word, line in zip(vocab.words, vocab.lines):
-        if word in seen:
-            raise VocabError(f"--vocab: {path}: line {line}: {word!r} is listed again (first "
-                             f"on line {seen[word]}); each word once")
-        if not word:
-            raise VocabError(f"--vocab: {path}: line {line} is empty; one word a line")
-        seen[word] = line
-    if len(vocab.words) == len(SPECIAL_TOKENS):
-        raise VocabError(f"--vocab: {path}: only the special tokens; no word to predict")
-    if counts is not None:
-        previous_word, previous = None, None
-        for word, line in zip(vocab.words[3:], vocab.lines[3:]):
-            count = counts.get(word, 0)
-            if previous is not None and count > previous:
-                raise VocabError(
-                    f"--vocab: {path}: line {line}: {word!r} occurs {count} times in the "
-                    f"training files but comes after {previous_word!r} ({previous} times): the "
-                    "words must be sorted by descending count (the sampled softmax assumes it; "
-                    "build the file with `hub_export.lm_data.write_vocab`, or pass "
-                    "--no-check-vocab-order for a vocabulary counted on other text)")
-            previous_word, previous = word, count
-    return vocab
-
-
-def write_vocab(path: str | os.PathLike, counts: collections.Counter, min_count: int = 1,
-                max_size: int | None = None) -> int:
-    """Writes a training vocabulary: the special tokens, then words by descending count
-    (ties by the word), keeping words seen at least `min_count` times. Returns its size."""
-    words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
-                   key=lambda w: (-counts[w], w))
-    if max_size is not None:
-        words = words[:max(0, max_size - len(SPECIAL_TOKENS))]
-    with open(path, "w", encoding="utf-8") as f:
-        for word in SPECIAL_TOKENS + tuple(words):
-            f.write(word + "\n")
-    return len(words) + len(SPECIAL_TOKENS)
 
 
 def sentence_stream(files: list[str], flag: str, shuffle: bool, repeat: bool,

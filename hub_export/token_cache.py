@@ -19,33 +19,8 @@ import tensorflow as tf
 
 from hub_export.bilm import BiLM
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, encode_tokens, token_char_ids
-from hub_export.errors import HubExportError
-from hub_export.textfiles import open_user_file
 
 _CHUNK = 2048  # words per char-CNN batch while filling the table
-
-
-def read_vocab(path: str | os.PathLike) -> list[str]:
-    """One token a line; blank lines and repeats dropped; `<S>` and `</S>` always in."""
-    path = os.fspath(path)
-    with open_user_file(path, "--vocab", "vocabulary file") as f:
-        raw = f.read()
-    words, seen = [], set()
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            word = line.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise HubExportError(f"--vocab: {path}: line {number} is not UTF-8 "
-                                 f"(byte {line[e.start]:#04x} at column {e.start + 1})") from None
-        if word and word not in seen:
-            seen.add(word)
-            words.append(word)
-    for special in (BOS_TOKEN, EOS_TOKEN):
-        if special not in seen:
-            words.append(special)
-    if len(words) <= 2:
-        raise HubExportError(f"--vocab: {path}: no tokens in the file")
-    return words
 
 
 class TokenCache(tf.Module):
@@ -53,7 +28,7 @@ class TokenCache(tf.Module):
 
     Args:
         bilm: BiLM whose `embed_char_rows` fills the table (and serves other tokens).
-        words: the vocabulary, no repeats (see `read_vocab`).
+        words: the vocabulary, no repeats (`vocab.Vocabulary.distinct_words`).
         vocab_file: where to write the vocabulary as the module's asset (one word a line).
     """
 

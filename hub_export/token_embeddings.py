@@ -10,10 +10,7 @@ The file: one dataset `embedding`, float32 [vocab_size, P], row k the representa
 vocabulary word k (file order), computed from that word's characters alone (`<S>` and
 `</S>` from their special character rows), as bilm-tf computes it.
 
-The vocabulary, as bilm-tf's `Vocabulary` reads it: one word a line, surrounding
-whitespace stripped; ids count lines in file order, except that lines reading
-`!!!MAXTERMID` are skipped; a word listed twice keeps both rows and looks up to its
-last one; `<S>`, `</S>` and `<UNK>` are found by their text.
+The vocabulary, as bilm-tf's `Vocabulary` reads it (`hub_export.vocab`).
 
 Token ids, as bilm-tf's `TokenBatcher.batch_sentences` makes them: int64
 [n_sentences, max_len + 2]; row i is `<S>`, the sentence's words, `</S>`, then 0s, with
@@ -35,70 +32,12 @@ import tensorflow as tf
 
 from hub_export.bilm import BiLM
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, VocabError
 from hub_export.progress import Progress
-from hub_export.textfiles import open_user_file
+from hub_export.vocab import Vocabulary
 
-UNK_TOKEN = "<UNK>"
-SKIPPED_LINE = "!!!MAXTERMID"  # bilm-tf's Vocabulary drops lines reading this
 EMBEDDING_DATASET = "embedding"
 DEFAULT_BATCH_SIZE = 4096  # words per char-CNN call while dumping
-
-
-class VocabError(HubExportError, ValueError):
-    """A vocabulary file is missing, unreadable, not UTF-8, or unusable for the dump."""
-
-
-class Vocabulary:
-    """A vocabulary file read as bilm-tf's `Vocabulary` reads it (see the module doc).
-
-    Args:
-        path: str or PathLike. One word a line, UTF-8.
-
-    Attributes:
-        words: list of str, by id. `bos`, `eos`, `unk`: the ids of `<S>`, `</S>`,
-        `<UNK>`, or -1 when the file lacks them (bilm-tf's convention).
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.words: list[str] = []
-        self.lines: list[int] = []  # line number of each word, for messages
-        self._ids: dict[str, int] = {}
-        self.bos = self.eos = self.unk = -1
-        with open_user_file(self.path, "--vocab", "vocabulary file", VocabError) as f:
-            raw = f.read()
-        # Python's line iteration, as bilm-tf's `for line in f` (a final newline ends the
-        # last line rather than starting an empty one).
-        for number, line in enumerate(raw.splitlines(keepends=True), start=1):
-            try:
-                word = line.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise VocabError(f"--vocab: {self.path}: line {number} is not UTF-8 (byte "
-                                 f"{line[e.start]:#04x} at byte {e.start + 1} of the line)") from None
-            index = len(self.words)
-            if word == BOS_TOKEN:
-                self.bos = index
-            elif word == EOS_TOKEN:
-                self.eos = index
-            elif word == UNK_TOKEN:
-                self.unk = index
-            if word == SKIPPED_LINE:
-                continue
-            self.words.append(word)
-            self.lines.append(number)
-            self._ids[word] = index
-
-    @property
-    def size(self) -> int:
-        return len(self.words)
-
-    def word_to_id(self, word: str) -> int:
-        """The word's id; `unk` (-1 without `<UNK>`) for a word not in the file."""
-        return self._ids.get(word, self.unk)
-
-    def __contains__(self, word: str) -> bool:
-        return word in self._ids
 
 
 def _check_sentences(sentences) -> None:

@@ -30,10 +30,9 @@ import tensorflow as tf
 
 from hub_export.errors import HubExportError
 from hub_export.language_model import LanguageModel, initial_softmax, initial_weights
-from hub_export.lm_data import (WindowBatcher, corpus_stats, data_files, load_training_vocab,
-                                sentence_stream)
+from hub_export.lm_data import WindowBatcher, corpus_stats, data_files, sentence_stream
 from hub_export.options import TRAINING_N_CHARACTERS, BiLMOptions, load_options
-from hub_export.token_embeddings import Vocabulary
+from hub_export.vocab import Vocabulary
 from hub_export.weights import WeightReader, write_weights
 
 OPTIONS_FILE = "options.json"
@@ -294,7 +293,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
 
     Args:
         train_prefix: glob of the training files.
-        vocab_path: the vocabulary (`lm_data.load_training_vocab`'s rules).
+        vocab_path: the vocabulary (`Vocabulary.check_training`'s rules).
         save_dir: folder for options, checkpoints; must hold no checkpoint unless `restart`.
         options_path: the architecture (options.json); optional with `restart` or
             `restart_from_weights`, where it must agree with what is restored.
@@ -316,7 +315,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
     stats = corpus_stats(train_files, "--train-prefix")
     # A vocabulary from elsewhere (restart, fine-tuning) need not follow these counts.
     ordered = check_vocab_order and not restart and not restart_from_weights
-    vocab = load_training_vocab(vocab_path, stats.counts if ordered else None)
+    vocab = Vocabulary(vocab_path).check_training(stats.counts if ordered else None)
     n_train_tokens = config.n_train_tokens or stats.n_tokens
 
     softmax = None
@@ -447,7 +446,7 @@ def evaluate(test_prefix: str, vocab_path: str, save_dir: str | None = None,
     if (save_dir is None) == (options_path is None or weights_path is None):
         raise TrainingError("evaluate takes --save-dir, or --options with --weights")
     files = data_files(test_prefix, "--test-prefix")
-    vocab = load_training_vocab(vocab_path)
+    vocab = Vocabulary(vocab_path).check_training()
     if save_dir is not None:
         model, _, vocab_info = load_checkpoint(save_dir)
         _check_vocab(vocab, vocab_info, save_dir, vocab_path)

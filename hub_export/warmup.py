@@ -23,6 +23,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import signatures
 from hub_export.errors import HubExportError, InputError
 from hub_export.serving import TOKEN_SIGNATURES, check_sentences, predict_request, split_sentence
+from hub_export.textfiles import read_lines
 
 # Realistic sentences of different lengths, tokens separated by spaces (the `default`
 # signature splits on spaces only, so punctuation is spaced out).
@@ -132,26 +133,11 @@ def read_sentences_file(path: str | os.PathLike) -> list[str]:
         HubExportError: the file is missing, unreadable, not UTF-8, or has no sentences;
             the message starts with "--warmup-file: <path>:".
     """
-    where = f"--warmup-file: {path}"
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise HubExportError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise HubExportError(f"{where}: is a directory, not a text file") from None
-    except OSError as e:
-        raise HubExportError(f"{where}: cannot read it ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise HubExportError(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} on line "
-                             f"{line})") from None
-    sentences = [line.strip() for line in text.split("\n")]
+    sentences = [line.strip() for _, line in read_lines(path, "--warmup-file")]
     sentences = [s for s in sentences if s]
     if not sentences:
-        raise HubExportError(f"{where}: no sentences (the file is empty or every line is "
-                             "blank)")
+        raise HubExportError(f"--warmup-file: {path}: no sentences (the file is empty or every "
+                             "line is blank)")
     return sentences
 
 

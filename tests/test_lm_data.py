@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
-from hub_export.lm_data import (SPECIAL_TOKENS, DataError, WindowBatcher, corpus_stats,
-                                data_files, load_training_vocab, read_file_sentences,
-                                sentence_stream, write_vocab)
-from hub_export.token_embeddings import VocabError
+from hub_export.errors import VocabError
+from hub_export.lm_data import (DataError, WindowBatcher, corpus_stats, data_files,
+                                read_file_sentences, sentence_stream)
+from hub_export.vocab import SPECIAL_TOKENS, Vocabulary, write_vocab
+
+
+def load_training_vocab(path, counts=None):
+    return Vocabulary(path).check_training(counts)
 
 SENTENCES = [["the", "cat", "sat"], ["a", "dog"], ["the", "zebra", "ran", "far", "away"],
              ["hi"], ["the", "cat", "ran"]]

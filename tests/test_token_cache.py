@@ -9,7 +9,7 @@ import tensorflow_hub as hub
 
 from conftest import export_model
 from hub_export.errors import HubExportError
-from hub_export.token_cache import read_vocab
+from hub_export.vocab import Vocabulary
 
 VOCAB = ["the", "cat", "sat", "on", "mat", ".", "naïve", "<S>", "the", "", "  dog  "]
 SENTENCES = [
@@ -55,6 +55,10 @@ def test_table_holds_the_vocabulary(modules):
     assert result.manifest["source"]["token_cache"]["size"] == 10
     assert "token cache: 10 words" in (result.path / "assets.extra" / "README.md").read_text()
     assert sum(int(np.prod(v.shape)) for v in cached.trainable_variables) == 4
+
+
+def read_vocab(path):
+    return Vocabulary(path).distinct_words()
 
 
 def test_read_vocab_errors(tmp_path):

@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import require_shared_fixture
-from hub_export.errors import HubExportError
-from hub_export.token_embeddings import (TokenBatcher, VocabError, Vocabulary,
-                                         dump_token_embeddings)
+from hub_export.errors import HubExportError, VocabError
+from hub_export.token_embeddings import TokenBatcher, dump_token_embeddings
+from hub_export.vocab import Vocabulary
 
 ATOL = 1e-6
 

@@ -16,7 +16,8 @@ import tensorflow as tf
 from conftest import export_model
 from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.errors import HubExportError
-from hub_export.lm_data import corpus_stats, data_files, write_vocab
+from hub_export.lm_data import corpus_stats, data_files
+from hub_export.vocab import write_vocab
 from hub_export.options import load_options
 from hub_export.trainer import (TrainConfig, TrainingError, dump_weights, evaluate,
                                 load_checkpoint, train)

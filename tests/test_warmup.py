@@ -192,12 +192,12 @@ def test_read_sentences_file(tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    (None, "no such file"),
-    (b"", "no sentences"),
-    (b"\n  \n\t\n\r\n", "no sentences"),
-    (b"fine line\nbad \xff\xfe byte\n", r"not UTF-8 text \(byte 0xff on line 2\)"),
-    ("latin-1 caf\u00e9\n".encode("latin-1"), "not UTF-8"),
-    ("dir", "is a directory"),
+    (None, ": file not found"),
+    (b"", ": no sentences"),
+    (b"\n  \n\t\n\r\n", ": no sentences"),
+    (b"fine line\nbad \xff\xfe byte\n", r": line 2 is not UTF-8 \(byte 0xff at byte 5 of the line\)"),
+    ("latin-1 caf\u00e9\n".encode("latin-1"), ": line 1 is not UTF-8"),
+    ("dir", " is a directory, not a text file"),
 ])
 def test_read_sentences_file_errors(tmp_path, content, problem):
     path = tmp_path / "warmup.txt"
@@ -205,5 +205,5 @@ def test_read_sentences_file_errors(tmp_path, content, problem):
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(HubExportError, match=re.escape(f"--warmup-file: {path}: ") + problem):
+    with pytest.raises(HubExportError, match=re.escape(f"--warmup-file: {path}") + problem):
         warmup.read_sentences_file(path)
