@@ -23,20 +23,27 @@ Usage:
 
 Errors in what you give are printed as one message naming the file, key, flag or
 value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
+
+A run prints hub_export's own lines only (progress, results, notes, errors): TensorFlow's
+start-up log, library warnings and absl log lines come back with --verbose or
+HUB_EXPORT_VERBOSE=1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
+from absl import logging as absl_logging
 
-from absl import app, flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
+from hub_export.errors import HubExportError
 
-from hub_export.errors import HubExportError  # noqa: E402
+# Set to anything but "" or "0": the same as --verbose.
+VERBOSE_ENV = "HUB_EXPORT_VERBOSE"
 
 FLAGS = flags.FLAGS
 
@@ -72,6 +79,8 @@ flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Precisio
                   "biLM's matrix products: float32 equals the reference; bfloat16 is faster "
                   "on CPUs with bf16 units, about 1e-2 off (see benchmarks/RESULTS.md).")
 flags.DEFINE_bool("quiet", False, "No progress display on stderr.")
+flags.DEFINE_bool("verbose", False, "Also print what TensorFlow and the libraries log (C++ "
+                  "start-up lines, warnings, absl log lines); the same as HUB_EXPORT_VERBOSE=1.")
 flags.DEFINE_bool("warmup", True, "Write TF Serving warm-up requests into "
                   "assets.extra/tf_serving_warmup_requests (--no-warmup: don't).")
 flags.DEFINE_string("warmup_file", None, "A UTF-8 text file of your own warm-up sentences, "
@@ -93,7 +102,7 @@ flags.DEFINE_string("serving_root", None, "serving-config: the path at which the
 _DASHED = {name.replace("_", "-"): name for name in
            ("output_dir", "layer_norm", "scalar_mix_init", "freeze_mix", "l2_coef",
             "projection_dim", "warmup_file", "serving_root", "compute_dtype")}
-_BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "warmup")
+_BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "verbose", "warmup")
 
 # embed: python -m hub_export embed --module exported/elmo/3 --input corpus.txt --output out.hdf5
 flags.DEFINE_string("module", None, "embed: an export's version directory, e.g. exported/elmo/3.")
@@ -185,7 +194,6 @@ def _undash(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    absl_logging.set_verbosity(absl_logging.WARNING)
     commands = {"serving-config": serving_config_main, "embed": embed_main,
                 "dump-token-embeddings": dump_token_embeddings_main, "train": train_main,
                 "evaluate": evaluate_main, "dump-weights": dump_weights_main}
@@ -199,6 +207,60 @@ def main(argv: list[str]) -> int:
     except HubExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # An error TensorFlow raised that no command turned into a message of its own
+        # (with the quiet log, its C++ lines are not printed): its first line.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.OpError):
+            raise
+        message = (e.message or "").strip().splitlines()
+        print(f"error: TensorFlow {type(e).__name__}: {message[0] if message else e}",
+              file=sys.stderr)
+        return 2
+
+
+def verbose_requested(flag: bool, environ=os.environ) -> bool:
+    """--verbose, or HUB_EXPORT_VERBOSE set to anything but "" or "0"."""
+    return flag or environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def _load_tensorflow() -> None:
+    """Imports TensorFlow: each command calls this once its flags are checked, so that a
+    usage error never waits for TensorFlow. Unless --verbose, TensorFlow's log lines,
+    library warnings and absl log lines are left out.
+
+    TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when it loads: 3 keeps its C++ log to
+    FATAL, which drops the oneDNN and CPU-feature notices and, on a machine without a GPU,
+    cuInit's "E0000 ... failed call to cuInit: ... UNKNOWN ERROR (303)". Two lines come
+    before that setting applies ("Could not find cuda drivers" from cudart_stub, each
+    after absl's "All log messages before absl::InitializeLog() ..."), written by C++
+    code straight to file descriptor 2 while TensorFlow's libraries load: the import
+    runs with that descriptor on /dev/null. Errors still reach the user: TensorFlow
+    raises them as Python exceptions, which `main` prints as one line.
+    """
+    if verbose_requested(FLAGS.verbose):
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.simplefilter("ignore")
+    with _stderr_to_devnull():
+        import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 on /dev/null for the duration (Python's sys.stderr included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def export_main() -> int:
@@ -209,6 +271,7 @@ def export_main() -> int:
                              f"for the built-in default model (got --options={FLAGS.options}, "
                              f"--weights={FLAGS.weights})")
     # Heavy imports after flag parsing, so that --help and usage errors are instant.
+    _load_tensorflow()
     from hub_export.elmo_module import ExportConfig
     from hub_export.export import export
     from hub_export.progress import Progress
@@ -260,6 +323,7 @@ def embed_main() -> int:
     if missing:
         raise app.UsageError(f"embed needs {', '.join(missing)}, e.g. embed --module "
                              "exported/elmo/3 --input corpus.txt --output embeddings.hdf5")
+    _load_tensorflow()
     if FLAGS.runner is None:
         from hub_export.embed import embed
     else:  # the same job as a Beam pipeline
@@ -288,6 +352,7 @@ def dump_token_embeddings_main() -> int:
         raise app.UsageError(f"dump-token-embeddings needs {', '.join(missing)}, e.g. "
                              "--options options.json --weights weights.hdf5 --vocab vocab.txt "
                              "--output tokens.hdf5")
+    _load_tensorflow()
     from hub_export.progress import Progress
     from hub_export.token_embeddings import DEFAULT_BATCH_SIZE, dump_token_embeddings
 
@@ -313,6 +378,7 @@ def train_main() -> int:
     if restart_from is not None and len(restart_from) != 2:
         raise app.UsageError("--restart-from-weights takes OPTIONS WEIGHTS, e.g. "
                              "--restart-from-weights options.json weights.hdf5")
+    _load_tensorflow()
     from hub_export.trainer import TrainConfig, train
 
     # bilm-tf's batch size; embed's default of 64 sentences is another quantity.
@@ -336,6 +402,7 @@ def train_main() -> int:
 def evaluate_main() -> int:
     _require("evaluate", ("test_prefix", "vocab"), "--test-prefix 'data/test/*.txt' --vocab "
              "vocab.txt --save-dir ckpt/")
+    _load_tensorflow()
     from hub_export.trainer import evaluate
 
     perplexity, n_tokens = evaluate(FLAGS.test_prefix, FLAGS.vocab, save_dir=FLAGS.save_dir,
@@ -348,6 +415,7 @@ def evaluate_main() -> int:
 def dump_weights_main() -> int:
     _require("dump-weights", ("save_dir", "outfile"), "--save-dir ckpt/ --outfile weights.hdf5 "
              "--options-out options.json")
+    _load_tensorflow()
     from hub_export.trainer import dump_weights
 
     print(dump_weights(FLAGS.save_dir, FLAGS.outfile, options_out=FLAGS.options_out,
@@ -364,7 +432,6 @@ def run() -> None:
     ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     app.run(main, argv=_undash(sys.argv))
 
 
