@@ -7,7 +7,8 @@ Usage:
         --name elmo_en --archive
         your model -> exported/elmo_en/1/ and exported/elmo_en-1.tar.gz
     python -m hub_export serving-config --base exported --name elmo --label stable=3
-        exported/models.config for TF Serving, covering the versions on disk
+        exported/models.config for TF Serving, covering the versions on disk, and
+        exported/batching.config for its request batching
     python -m hub_export embed --module exported/elmo/3 --input corpus.txt --output embeddings.hdf5
         every line of a tokenized corpus embedded, in bilm-tf's hdf5 layout
     python -m hub_export dump-token-embeddings --options options.json --weights weights.hdf5 \
@@ -97,12 +98,26 @@ flags.DEFINE_multi_string("label", None, "serving-config: a version label, e.g. 
 flags.DEFINE_string("serving_root", None, "serving-config: the path at which the server sees "
                     "--base (e.g. /models in the tensorflow/serving container); default: "
                     "--base's absolute path.")
+flags.DEFINE_bool("batching", True, "serving-config: also write <base>/batching.config, TF "
+                  "Serving's --batching_parameters_file (--no-batching: don't).")
+flags.DEFINE_integer("max_batch_size", None, "serving-config: sentences in one batch, and in one "
+                     "request at most (default 64).", lower_bound=1)
+flags.DEFINE_integer("batch_timeout_micros", None, "serving-config: how long a batch waits for "
+                     "more requests, in microseconds (default 10000).", lower_bound=0)
+flags.DEFINE_integer("num_batch_threads", None, "serving-config: batches run at once (default: "
+                     "the server's CPU count).", lower_bound=1)
+flags.DEFINE_integer("max_enqueued_batches", None, "serving-config: batches that may wait; "
+                     "requests beyond them are refused (default: TF Serving's).", lower_bound=1)
 
 # Flag names are also accepted with dashes (--output-dir), as the README writes them.
 _DASHED = {name.replace("_", "-"): name for name in
            ("output_dir", "layer_norm", "scalar_mix_init", "freeze_mix", "l2_coef",
-            "projection_dim", "warmup_file", "serving_root", "compute_dtype")}
-_BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "verbose", "warmup")
+            "projection_dim", "warmup_file", "serving_root", "compute_dtype", "max_batch_size",
+            "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")}
+_BOOLEANS = ("archive", "overwrite", "layer_norm", "freeze_mix", "quiet", "verbose", "warmup",
+             "batching")
+_BATCHING_FLAGS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
+                   "max_enqueued_batches")
 
 # embed: python -m hub_export embed --module exported/elmo/3 --input corpus.txt --output out.hdf5
 flags.DEFINE_string("module", None, "embed: an export's version directory, e.g. exported/elmo/3.")
@@ -304,7 +319,14 @@ def export_main() -> int:
 
 
 def serving_config_main() -> int:
-    from hub_export.serving_config import parse_labels, write_config
+    from hub_export.serving_config import Batching, parse_labels, write_batching, write_config
+
+    given = {name: FLAGS[name].value for name in _BATCHING_FLAGS if FLAGS[name].value is not None}
+    if given and not FLAGS.batching:
+        raise app.UsageError(f"--no-batching writes no batching.config, so --"
+                             f"{next(iter(given)).replace('_', '-')} has nothing to set")
+    batching = Batching(**given)
+    batching.to_proto()  # a bad value stops here, before models.config is written
 
     versions = None
     if FLAGS.versions:
@@ -315,6 +337,8 @@ def serving_config_main() -> int:
     path = write_config(FLAGS.base, name=FLAGS.name, versions=versions, latest=FLAGS.latest,
                         labels=parse_labels(FLAGS.label), serving_root=FLAGS.serving_root)
     print(path)
+    if FLAGS.batching:
+        print(write_batching(FLAGS.base, batching))
     return 0
 
 
