@@ -106,9 +106,11 @@ def test_annotator_save_and_reload(session, loaded, tmp_path):
     rows = BATCHES["mixed lengths"]
     with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as fresh:
         tf.compat.v1.import_graph_def(graph_def, name="")
-        with pytest.raises(tf.errors.NotFoundError):  # guard: no variable restored yet
-            spark_tag(fresh, rows)
+        scaling = "aggregation/scaling/Read/ReadVariableOp:0"
+        with pytest.raises(tf.errors.FailedPreconditionError):  # guard: nothing restored yet
+            fresh.run(scaling)
         fresh.run([SAVER_RESTORE, INIT_ALL_TABLES], feed_dict={f"{SAVER_PATH}:0": prefix})
+        assert fresh.run(scaling) == sess.run(scaling)
         got = spark_tag(fresh, rows)
     assert_layers_equal(got, tokens_signature(loaded, rows), "reloaded annotator")
 
