@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from hub_export import default_model, module_card, warmup
+from hub_export import default_model, module_card, spark_nlp, warmup
 from hub_export.bilm import BiLM
 from hub_export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build_saveable
 from hub_export.errors import HubExportError
@@ -202,6 +202,8 @@ def export(version: int, options_path: str | os.PathLike | None = None,
     try:
         with progress.step(f"saving to {target}"):
             tf.saved_model.save(root, str(tmp), signatures=fns, options=SAVE_OPTIONS)
+            # Operation names for clients that use no signature (Spark NLP).
+            spark_nlp.add_graph_names(tmp)
             extra = tmp / "assets.extra"
             extra.mkdir(exist_ok=True)
             (extra / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,13 +1,21 @@
-"""`models.config` for TF Serving: the versions of one model found under a base path.
+"""`models.config` and `batching.config` for TF Serving.
 
 TF Serving watches `<base_path>` (`exported/<name>`) and serves the numbered version
 directories its version policy selects; labels (`stable=3`) let clients ask for a
-version by name. This writes that `ModelServerConfig` text proto after checking that
-every version it names holds a SavedModel.
+version by name. `write_config` writes that `ModelServerConfig` text proto after checking
+that every version it names holds a SavedModel.
+
+`write_batching` writes the server's `--batching_parameters_file`, a `BatchingParameters`
+text proto. With `--enable_batching` the server merges concurrent requests of a signature
+into one batch along their first dimension. `tokens` requests of different lengths are
+padded to the longest (`pad_variable_length_inputs`) with each request's first token, a
+real word: `sequence_len`, which the module masks by, is what keeps those positions out
+of every output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,8 +23,59 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from hub_export.errors import HubExportError
+from hub_export.protos.batching_parameters_pb2 import BatchingParameters
 
 CONFIG_NAME = "models.config"
+BATCHING_NAME = "batching.config"
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """What `batching.config` says; None leaves a value to the server's default.
+
+    The defaults come from `benchmarks/bench.py`'s batch-size curve for the original ELMo
+    architecture (the figures are in `benchmarks/RESULTS.md`; `python benchmarks/bench.py`
+    measures them again): tokens/s rise several-fold from batch 1 to batch 16 and still
+    rise to 64, the largest batch measured. Batches only grow when requests queue up,
+    which is when throughput counts, so a batch may hold 64 sentences (a request of more
+    is refused, so 64 is also the largest request). The first request of a batch waits
+    at most 10 ms for others: a small fraction of the time one sentence takes alone
+    there. `num_batch_threads` and `max_enqueued_batches` are left to the server (its own
+    CPU count, and TF Serving's default queue length).
+
+    Args:
+        max_batch_size: int. Sentences in a batch, and in one request at most.
+        batch_timeout_micros: int. How long a batch waits to fill.
+        num_batch_threads: int or None. Batches run at once.
+        max_enqueued_batches: int or None. Batches that may wait; more requests are refused.
+    """
+
+    max_batch_size: int = 64
+    batch_timeout_micros: int = 10_000
+    num_batch_threads: int | None = None
+    max_enqueued_batches: int | None = None
+
+    def to_proto(self) -> BatchingParameters:
+        """Raises HubExportError naming the flag whose value is wrong."""
+        params = BatchingParameters(pad_variable_length_inputs=True)
+        for name, value in dataclasses.asdict(self).items():
+            if value is None:
+                continue
+            least = 0 if name == "batch_timeout_micros" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise HubExportError(f"--{name.replace('_', '-')}: must be an integer >= "
+                                     f"{least}, got {value!r}")
+            getattr(params, name).value = value
+        return params
+
+
+def write_batching(base: str | os.PathLike, batching: Batching = Batching()) -> Path:
+    """Writes `<base>/batching.config` (see `Batching`)."""
+    params = batching.to_proto()
+    base = Path(base)
+    if not base.is_dir():
+        raise HubExportError(f"--base: {base} is not a directory (export a model there first)")
+    return _write_text(base / BATCHING_NAME, text_format.MessageToString(params))
 
 
 def is_saved_model(path: Path) -> bool:
@@ -105,8 +164,12 @@ def build_config(base: str | os.PathLike, name: str = "elmo", versions: list[int
 def write_config(base: str | os.PathLike, **kwargs) -> Path:
     """Builds the config (see `build_config`) and writes `<base>/models.config`."""
     config = build_config(base, **kwargs)
-    path = Path(base) / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(text_format.MessageToString(config))
+    return _write_text(Path(base) / CONFIG_NAME, text_format.MessageToString(config))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Written beside `path` and renamed: a server (re)reading it never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from hub_export.serving_config import write_config
+from hub_export.serving_config import write_batching, write_config
 
 SERVER = shutil.which("tensorflow_model_server")
 pytestmark = pytest.mark.skipif(
@@ -38,11 +38,13 @@ def test_rest_and_grpc_against_a_real_server(small_export, tmp_path):
     base = tmp_path / "exported"
     shutil.copytree(small_export[0].path, base / "elmo" / "3")
     config = write_config(base, name="elmo", labels={"stable": 3})
+    batching = write_batching(base)  # served as the README says: request batching on
     grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen(
         [SERVER, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--rest_api_host=127.0.0.1", "--grpc_socket_path=", f"--model_config_file={config}",
-         "--allow_version_labels_for_unavailable_models"],
+         "--allow_version_labels_for_unavailable_models", "--enable_batching",
+         f"--batching_parameters_file={batching}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         status_url = f"http://127.0.0.1:{rest_port}/v1/models/elmo"
@@ -77,6 +79,26 @@ def test_rest_and_grpc_against_a_real_server(small_export, tmp_path):
                                            sequence_len=tf.constant([3, 1]))
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value.numpy(), atol=1e-6, err_msg=key)
+
+        # Requests of different lengths at once, which the server may merge into one
+        # batch padded to the longest: each sentence's outputs are those of its request
+        # alone, and its positions past sequence_len are 0 (the reply's T may be longer).
+        from concurrent.futures import ThreadPoolExecutor
+
+        requests = [[["dogs", "bark"]], [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog"]]]
+        with ThreadPoolExecutor(len(requests)) as pool:
+            replies = list(pool.map(lambda rows: parse_predict_response(
+                stub.Predict(predict_request(tokens=rows), timeout=60)), requests))
+        for rows, got in zip(requests, replies):
+            width = max(map(len, rows))
+            want = module.signatures["tokens"](
+                tokens=tf.constant([r + [""] * (width - len(r)) for r in rows]),
+                sequence_len=tf.constant([len(r) for r in rows]))
+            for i, row in enumerate(rows):
+                n = len(row)
+                np.testing.assert_allclose(got["elmo"][i, :n], want["elmo"].numpy()[i, :n],
+                                           atol=1e-6, err_msg=row)
+                assert not np.any(got["elmo"][i, n:]), row
     finally:
         server.terminate()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -50,22 +52,68 @@ def usage_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("index", range(len(blocks("Usage", "python"))))
-def test_usage_python_snippet(usage_dir, index):
-    code = blocks("Usage", "python")[index]
-    result = subprocess.run([sys.executable, "-c", code], cwd=usage_dir, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Every `print(...)  # expected` comment in the snippet is checked against its output.
+def check_prints(code: str, stdout: str) -> None:
+    """Every `print(...)  # expected` comment in the snippet is checked against its output."""
     expected = [m.group(1).strip() for m in re.finditer(r"print\(.*\)[ \t]+# (.*)$", code, re.M)]
-    printed = result.stdout.strip().splitlines()
-    assert len(printed) == len(expected), result.stdout
+    printed = stdout.strip().splitlines()
+    assert len(printed) == len(expected), stdout
     for got, want in zip(printed, expected):
         if want.startswith("("):
             assert got == want
         else:  # a list of names: each must appear
             for name in want.split(", "):
                 assert name in got
+
+
+@pytest.mark.parametrize("index", range(len(blocks("Usage", "python"))))
+def test_usage_python_snippet(usage_dir, index):
+    code = blocks("Usage", "python")[index]
+    result = subprocess.run([sys.executable, "-c", code], cwd=usage_dir, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_prints(code, result.stdout)
+
+
+PORTING = "Porting TF1 code from the google/elmo cards"
+
+
+def porting_blocks() -> tuple[list[str], list[str]]:
+    """(the cards' TF1 snippets, shown as they are; the TF2 snippets, which are run)."""
+    python = blocks(PORTING, "python")
+    return ([b for b in python if "hub.Module(" in b], [b for b in python if "hub.Module(" not in b])
+
+
+@pytest.fixture(scope="module")
+def porting_dir(usage_dir):
+    """usage_dir plus the section's `--trainable all` export, made in this process with the
+    library call the command maps to (the CLI itself is run by test_usage_cli_commands)."""
+    from conftest import export_model
+    from hub_export.elmo_module import ExportConfig
+
+    (command,) = blocks(PORTING, "bash")
+    assert shlex.split(command) == ["python", "-m", "hub_export", "--version", "1", "--name",
+                                    "elmo_all", "--trainable", "all", "--quiet"]
+    export_model(usage_dir / "exported", None, None, version=1, name="elmo_all",
+                 config=ExportConfig(trainable="all"))
+    return usage_dir
+
+
+def test_porting_shows_both_card_examples():
+    tf1, tf2 = porting_blocks()
+    assert len(tf1) == 2 and len(tf2) == 3
+    assert 'signature="default"' in tf1[0] and 'signature="tokens"' in tf1[1]
+    assert all('as_dict=True)["elmo"]' in b and "trainable=True" in b for b in tf1)
+
+
+@pytest.mark.parametrize("index", range(len(porting_blocks()[1])))
+def test_porting_tf2_snippet(porting_dir, index, monkeypatch):
+    """Each TF2 snippet, run as written in this process (TensorFlow is loaded already)."""
+    code = porting_blocks()[1][index]
+    monkeypatch.chdir(porting_dir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"README.md:{PORTING}:{index}", "exec"), {"__name__": "__main__"})
+    check_prints(code, out.getvalue())
 
 
 def test_usage_cli_commands(usage_dir):

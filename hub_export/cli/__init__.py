@@ -11,21 +11,31 @@ are accepted too.
 Exit status: 0 done, 1 a usage error (a flag's form, a missing or unknown flag or
 command), 2 bad input (a file, key or value that is wrong; an output the OS refused),
 130 interrupted.
+
+A run prints hub_export's own lines only (progress, results, notes, errors): TensorFlow's
+start-up log, library warnings and absl log lines come back with --verbose or
+HUB_EXPORT_VERBOSE=1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import textwrap
+import warnings
 from types import ModuleType
 
 from absl import flags
+from absl import logging as absl_logging
 
 from hub_export.errors import HubExportError
 
 PROG = "python -m hub_export"
+# Set to anything but "" or "0": the same as --verbose.
+VERBOSE_ENV = "HUB_EXPORT_VERBOSE"
 
 
 class UsageError(Exception):
@@ -141,6 +151,9 @@ def main(argv: list[str]) -> int:
     if "quiet" not in fv:  # every command takes it, so that scripts can pass it to any
         flags.DEFINE_bool("quiet", False, "Print nothing but the result (this command shows "
                           "no progress anyway).", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Also print what TensorFlow and the libraries log "
+                      f"(C++ start-up lines, warnings, absl log lines); the same as "
+                      f"{VERBOSE_ENV}=1.", flag_values=fv)
     if any(a in ("--help", "-h", "--helpfull", "-?") for a in args):
         sys.stdout.write(command_help(name, module, fv))
         return 0
@@ -153,12 +166,68 @@ def main(argv: list[str]) -> int:
         return _usage(f"unexpected argument {rest[1]!r} (flags take the form --flag value; "
                       f"the command word comes first)", name)
     try:
+        # Flags checked: now TensorFlow (every command's work needs it), so that a usage
+        # error never waits for it.
+        load_tensorflow(verbose_requested(fv.verbose))
         return module.main(fv)
     except UsageError as e:
         return _usage(str(e), name)
     except HubExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # An error TensorFlow raised that no command turned into a message of its own
+        # (with the quiet log, its C++ lines are not printed): its first line.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.OpError):
+            raise
+        message = (e.message or "").strip().splitlines()
+        print(f"error: TensorFlow {type(e).__name__}: {message[0] if message else e}",
+              file=sys.stderr)
+        return 2
+
+
+def verbose_requested(flag: bool, environ=os.environ) -> bool:
+    """--verbose, or HUB_EXPORT_VERBOSE set to anything but "" or "0"."""
+    return flag or environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def load_tensorflow(verbose: bool) -> None:
+    """Imports TensorFlow; unless `verbose`, without its log lines, library warnings and
+    absl log lines.
+
+    TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when it loads: 3 keeps its C++ log to
+    FATAL, which drops the oneDNN and CPU-feature notices and, on a machine without a GPU,
+    cuInit's "E0000 ... failed call to cuInit: ... UNKNOWN ERROR (303)". Two lines come
+    before that setting applies ("Could not find cuda drivers" from cudart_stub, each
+    after absl's "All log messages before absl::InitializeLog() ..."), written by C++
+    code straight to file descriptor 2 while TensorFlow's libraries load: the import
+    runs with that descriptor on /dev/null. Errors still reach the user: TensorFlow
+    raises them as Python exceptions, which `main` prints as one line.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.simplefilter("ignore")
+    with _stderr_to_devnull():
+        import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 on /dev/null for the duration (Python's sys.stderr included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def require(fv: flags.FlagValues, command: str, names: tuple[str, ...], example: str) -> None:
