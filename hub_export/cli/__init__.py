@@ -108,6 +108,19 @@ def _metavar(flag: flags.Flag) -> str:
     return "VALUE"
 
 
+def flag_values(module: ModuleType) -> flags.FlagValues:
+    """A command's flags: its own, then --quiet (if it has none) and --verbose."""
+    fv = flags.FlagValues()
+    module.define(fv)
+    if "quiet" not in fv:  # every command takes it, so that scripts can pass it to any
+        flags.DEFINE_bool("quiet", False, "Print nothing but the result (this command shows "
+                          "no progress anyway).", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Also print what TensorFlow and the libraries log "
+                      f"(C++ start-up lines, warnings, absl log lines); the same as "
+                      f"{VERBOSE_ENV}=1.", flag_values=fv)
+    return fv
+
+
 def _normalise(argv: list[str], fv: flags.FlagValues) -> list[str]:
     """Accepts `--flag_name` for `--flag-name`, and `--no-flag` for a boolean's `--noflag`."""
     out = []
@@ -146,14 +159,7 @@ def main(argv: list[str]) -> int:
             return 0
         name = "export"
     module = commands[name]
-    fv = flags.FlagValues()
-    module.define(fv)
-    if "quiet" not in fv:  # every command takes it, so that scripts can pass it to any
-        flags.DEFINE_bool("quiet", False, "Print nothing but the result (this command shows "
-                          "no progress anyway).", flag_values=fv)
-    flags.DEFINE_bool("verbose", False, "Also print what TensorFlow and the libraries log "
-                      f"(C++ start-up lines, warnings, absl log lines); the same as "
-                      f"{VERBOSE_ENV}=1.", flag_values=fv)
+    fv = flag_values(module)
     if any(a in ("--help", "-h", "--helpfull", "-?") for a in args):
         sys.stdout.write(command_help(name, module, fv))
         return 0
