@@ -19,14 +19,48 @@ import dataclasses
 import os
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
+                             wrappers_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
 from hub_export.errors import HubExportError
-from hub_export.protos.batching_parameters_pb2 import BatchingParameters
 
 CONFIG_NAME = "models.config"
 BATCHING_NAME = "batching.config"
+
+
+def _batching_parameters_class() -> type:
+    """TF Serving's `BatchingParameters` message, declared here through protobuf's public
+    descriptor API: tensorflow-serving-api ships `apis/` and `config/` only, not the
+    `session_bundle_config.proto` that holds it. Each field has the name, number and type
+    the server's message gives it (the ones hub_export writes, and the rest of that
+    message's fields); a text proto names no package, so the server reads this file as
+    its own. The declaration lives in its own pool, never clashing with another."""
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="hub_export/batching_parameters.proto", package="hub_export.tf_serving",
+        syntax="proto3", dependency=[wrappers_pb2.DESCRIPTOR.name])
+    message = file.message_type.add(name="BatchingParameters")
+    for name, number, wrapper in (
+            ("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
+            ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
+            ("thread_pool_name", 5, "StringValue"),
+            ("enable_large_batch_splitting", 8, "BoolValue"),
+            ("max_execution_batch_size", 9, "Int64Value")):
+        message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL,
+                          type=field.TYPE_MESSAGE, type_name=f".google.protobuf.{wrapper}")
+    message.field.add(name="allowed_batch_sizes", number=6, label=field.LABEL_REPEATED,
+                      type=field.TYPE_INT64)
+    message.field.add(name="pad_variable_length_inputs", number=7, label=field.LABEL_OPTIONAL,
+                      type=field.TYPE_BOOL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("hub_export.tf_serving.BatchingParameters"))
+
+
+BatchingParameters = _batching_parameters_class()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from hub_export.errors import HubExportError
-from hub_export.protos.batching_parameters_pb2 import BatchingParameters
-from hub_export.serving_config import (Batching, build_config, parse_labels, write_batching,
+from hub_export.serving_config import (Batching, BatchingParameters, build_config, parse_labels, write_batching,
                                        write_config)
 
 
