@@ -161,9 +161,13 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
     # Beam parses its options with argparse, which prints and exits on an error: catch
     # that here, before any work, and say it as ours.
     said = io.StringIO()
+    # Beam's DirectRunner first tries its PrismRunner, which downloads a binary from the
+    # internet at run time, then falls back to the in-process FnApiRunner that runs this
+    # pipeline: go to that one directly.
+    beam_runner = "FnApiRunner" if runner.lower() == "directrunner" else runner
     try:
         with contextlib.redirect_stderr(said):
-            options = PipelineOptions(shlex.split(beam_options) + [f"--runner={runner}"])
+            options = PipelineOptions(shlex.split(beam_options) + [f"--runner={beam_runner}"])
             options.get_all_options()
     except (ValueError, SystemExit) as e:
         why = said.getvalue().strip().splitlines()[-1:] or [str(e)]
