@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--json benchmarks/results.json]
 
-Writes seeded random weights of the original architecture (2x4096_512_2048cnn_2xhighway)
+Writes seeded initial weights (as training starts from) of the original architecture (2x4096_512_2048cnn_2xhighway)
 into a temporary directory (nothing is downloaded), exports them with hub_export,
 and measures, through `hub.load(...).signatures["tokens"]` and `["default"]`:
 tokens/s at several batch shapes (begin/end-of-sentence positions not counted; median
@@ -129,8 +129,8 @@ def export_in_child(options_path: Path, weights_path: Path, out: Path, version: 
     code = ("import time; t = time.perf_counter();"
             "hwm = lambda: [int(l.split()[1]) for l in open('/proc/self/status') "
             "if l.startswith('VmHWM')][0];"
-            "from hub_export.export import export;"
-            "from hub_export.elmo_module import ExportConfig;"
+            "from hub_export.export.exporter import export;"
+            "from hub_export.export.elmo_module import ExportConfig;"
             "base = hwm();"
             f"export({version}, {str(options_path)!r}, {str(weights_path)!r}, "
             f"output_dir={str(out)!r}, vocab_path={str(vocab) if vocab else None!r}, "
@@ -146,11 +146,22 @@ def export_in_child(options_path: Path, weights_path: Path, out: Path, version: 
     return wall, int(rss_kb) / 1024, int(base_kb) / 1024
 
 
+def print_export(results: dict) -> None:
+    grown = results["export_peak_rss_mb"] - results["export_rss_after_import_mb"]
+    print(f"export: {results['export_s']:.1f} s, peak RSS {results['export_peak_rss_mb']:.0f} MB "
+          f"({results['export_rss_after_import_mb']:.0f} MB after importing TF, so +{grown:.0f} MB "
+          f"for the model; weights file {results['weights_mb']:.0f} MB, so the peak is "
+          f"{results['export_peak_rss_mb'] / results['weights_mb']:.2f}x it); "
+          f"hub.load: {results['hub_load_s']:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (rougher figures)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"),
                         help="where to write the figures as JSON")
+    parser.add_argument("--export-only", action="store_true",
+                        help="only the export's time and peak RSS and hub.load's time")
     parser.add_argument("--vocab-size", type=int, default=20000,
                         help="words in the token cache's vocabulary (the text is drawn from it)")
     args = parser.parse_args()
@@ -159,8 +170,9 @@ def main() -> None:
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    from hub_export.options import parse_options
-    from hub_export.weights import random_weights, write_weights
+    from hub_export.model.options import parse_options
+    from hub_export.model.weights import write_weights
+    from hub_export.train.language_model import initial_weights
 
     repeats = 3 if args.quick else 5
     options = parse_options(ORIGINAL_OPTIONS, source="bench")
@@ -172,7 +184,7 @@ def main() -> None:
         tmp = Path(tmp)
         options_path, weights_path = tmp / "options.json", tmp / "weights.hdf5"
         options_path.write_text(json.dumps(ORIGINAL_OPTIONS))
-        write_weights(weights_path, random_weights(options, seed=0))
+        write_weights(weights_path, initial_weights(options, seed=0))
         results["weights_mb"] = weights_path.stat().st_size / 2**20
         export_s, export_rss, base_rss = export_in_child(options_path, weights_path, tmp / "exported")
         results.update(export_s=export_s, export_peak_rss_mb=export_rss,
@@ -181,6 +193,9 @@ def main() -> None:
         start = time.perf_counter()
         module = hub.load(path)
         results["hub_load_s"] = time.perf_counter() - start
+        if args.export_only:
+            print_export(results)
+            return
 
         results["gemm_roof_flops"] = gemm = gemm_roof(tf, repeats)
         results["bandwidth_roof_bytes_per_s"] = bw = bandwidth_roof(tf, repeats)
@@ -247,12 +262,7 @@ def main() -> None:
         bwe = f"{r['bandwidth_efficiency']:.2f}" if "bandwidth_efficiency" in r else ""
         print(f"{r['batch']:>3}x{r['tokens']:<4} {r['tokens_per_s']:>13.0f} "
               f"{r['default_tokens_per_s']:>14.0f} {r['efficiency']:>10.2f} {bwe:>8}")
-    grown = results["export_peak_rss_mb"] - results["export_rss_after_import_mb"]
-    print(f"export: {results['export_s']:.1f} s, peak RSS {results['export_peak_rss_mb']:.0f} MB "
-          f"({results['export_rss_after_import_mb']:.0f} MB after importing TF, so +{grown:.0f} MB "
-          f"for the model; weights file {results['weights_mb']:.0f} MB, so the peak is "
-          f"{results['export_peak_rss_mb'] / results['weights_mb']:.2f}x it); "
-          f"hub.load: {results['hub_load_s']:.1f} s")
+    print_export(results)
     cache = results["token_cache"]
     print(f"token cache ({cache['vocab_size']} words, export {cache['export_s']:.1f} s), "
           "in-vocabulary text, tokens signature:")

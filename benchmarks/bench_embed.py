@@ -43,7 +43,7 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "bilm-tf"
 # high-water mark there, so it would report the bench's own memory.
 CHILD = """
 import json, sys
-from hub_export.embed import embed
+from hub_export.corpus.embed import embed
 
 r = embed(sys.argv[1], sys.argv[2], sys.argv[3], layers=sys.argv[4], batch_size=int(sys.argv[5]))
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
@@ -81,7 +81,12 @@ def module_throughput(module_path: Path, corpus: Path, batch_size: int, layers: 
     process, over one pass of the batches, from the first (as embed is timed)."""
     import tensorflow as tf
 
-    from hub_export.embed import DEFAULT_MAX_TOKENS, WINDOW_BATCHES, length_batches, load_module
+    from hub_export.corpus.embed import (
+        DEFAULT_MAX_TOKENS,
+        WINDOW_BATCHES,
+        length_batches,
+        load_module,
+    )
 
     module = load_module(module_path)
     names = {"all": ["word_emb"] + [f"lstm_outputs{j}" for j in range(1, module.n_layers + 1)],
@@ -151,7 +156,7 @@ def main() -> None:
             sys.exit(f"the bilm-tf fixture model is not at {FIXTURE}")
         files = (FIXTURE / "options.json", FIXTURE / "lm_weights.hdf5")
 
-    from hub_export.export import export
+    from hub_export.export.exporter import export
 
     with tempfile.TemporaryDirectory(prefix="bench_embed-") as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,7 @@
 
 For each product of the original ELMo model, times X [N, in] @ W [in, out] against the
 same product with the weight on the left, W [out, in] @ X^T [in, N] (the layout
-`hub_export/lstm.py` and `hub_export/highway.py` use), as median milliseconds in a
+`hub_export/model/lstm.py` and `hub_export/model/highway.py` use), as median milliseconds in a
 tf.function. The recurrent rows chain 10 steps of both directions, as the LSTM loop
 does, and report per step. This is a script that prints figures, not a test; about a
 minute on 2 cores.
@@ -48,7 +48,7 @@ def one_product(n: int, k: int, m: int) -> tuple[float, float]:
 def recurrent_step(batch: int, dim: int = 4096, proj: int = 512,
                    in_loop: bool = False) -> tuple[float, float]:
     """(X @ W, W @ X^T) in ms per step of both directions: h @ W_h, then the projection.
-    The steps are unrolled, or with `in_loop` a tf.while_loop as in `hub_export/lstm.py`."""
+    The steps are unrolled, or with `in_loop` a tf.while_loop as in `hub_export/model/lstm.py`."""
     w_h = [tf.Variable(tf.random.normal([proj, 4 * dim]) * 0.05) for _ in range(2)]
     w_p = [tf.Variable(tf.random.normal([dim, proj]) * 0.05) for _ in range(2)]
     w_h_t = [tf.Variable(tf.transpose(w)) for w in w_h]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--steps 40] [--json benchmarks/results_train.json]
 
-Trains the built-in model's architecture (hub_export.default_model.OPTIONS) from fresh
+Trains the built-in model's architecture (hub_export.export.default_model.OPTIONS) from fresh
 weights with the recipe's settings (batch 64, unroll 20, 1024 sampled negatives, dropout
 0.1) on a generated corpus with a Zipfian vocabulary of the recipe's size (no download),
 and prints tokens/s (input positions per direction, as the trainer's progress counts
@@ -25,11 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hub_export import lm_data, trainer  # noqa: E402
-from hub_export.default_model import OPTIONS  # noqa: E402
-from hub_export.language_model import LanguageModel, initial_softmax, initial_weights  # noqa: E402
-from hub_export.options import parse_options  # noqa: E402
-from hub_export.vocab import Vocabulary, write_vocab  # noqa: E402
+from hub_export import trainer  # noqa: E402
+from hub_export.export.default_model import OPTIONS  # noqa: E402
+from hub_export.model.options import parse_options  # noqa: E402
+from hub_export.model.vocab import Vocabulary, write_vocab  # noqa: E402
+from hub_export.train import data as lm_data
+from hub_export.train.language_model import LanguageModel, initial_softmax, initial_weights  # noqa: E402
 
 VOCAB_SIZE = 15907  # the recipe's vocabulary
 BATCH, UNROLL, NEGATIVES = 64, 20, 1024

@@ -30,7 +30,6 @@ def main() -> None:
 
     import numpy as np
     import tensorflow as tf
-
     from bench import vocabulary
 
     modules = {label: tf.saved_model.load(path).signatures["tokens"]

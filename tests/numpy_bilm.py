@@ -7,8 +7,8 @@ plain Python loops over time (all layers of a direction advanced together at eac
 and computes each convolution as explicit sliding windows. Slow, but only meant for
 small test models.
 
-`arrays` everywhere is the dict of `hub_export.weights.random_weights` / `read_weights`:
-hdf5 dataset name -> array. `options` is a parsed `hub_export.options.BiLMOptions`.
+`arrays` everywhere is the dict of `helpers.random_weights` / `read_weights`:
+hdf5 dataset name -> array. `options` is a parsed `hub_export.model.options.BiLMOptions`.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def np_lstm_direction(arrays, options, direction, inputs, initial_state=None):
 # ----------------------------------------------------------------------------------------
 
 def np_bilm(arrays, options, char_ids, initial_state=None):
-    """Framed char ids [B, T+2, C] -> dict like hub_export.bilm.BiLM's output.
+    """Framed char ids [B, T+2, C] -> dict like hub_export.model.bilm.BiLM's output.
 
     Returns:
         dict with `word_emb` [B, T, P], `lstm_outputs` list of [B, T, 2P] (forward half

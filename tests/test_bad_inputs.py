@@ -2,7 +2,7 @@
 value, never with a raw traceback; odd but legal sentences give finite outputs.
 
 Three layers: the CLI (`python -m hub_export`, in a subprocess), the library
-(`hub_export.export.export`), and the exported module's inputs (the `tokens` and
+(`hub_export.export.exporter.export`), and the exported module's inputs (the `tokens` and
 `default` signatures and `__call__` of the reloaded SavedModel).
 """
 
@@ -21,10 +21,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from conftest import SMALL_OPTIONS, write_model
-from hub_export.elmo_module import ExportConfig
 from hub_export.errors import HubExportError, OptionsError, WeightsError
-from hub_export.export import export
+from hub_export.export.elmo_module import ExportConfig
+from hub_export.export.exporter import export
+
+from helpers import SMALL_OPTIONS, write_model
 
 P = SMALL_OPTIONS["lstm"]["projection_dim"]
 N_LAYERS = SMALL_OPTIONS["lstm"]["n_layers"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_export.bilm import BiLM
-from hub_export.char_ids import batch_sentences
+from hub_export.model.bilm import BiLM
+from hub_export.model.char_ids import batch_sentences
 
 ATOL = 1e-6  # the tolerance of bilm-tf's own tests
 
@@ -22,7 +22,7 @@ def compiled(bilm: BiLM):
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    from conftest import require_shared_fixture
+    from helpers import require_shared_fixture
 
     folder = require_shared_fixture()
     bilm = BiLM.from_files(folder / "options.json", folder / "lm_weights.hdf5")

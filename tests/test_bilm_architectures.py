@@ -1,15 +1,15 @@
-"""The whole hub_export.bilm.BiLM against the numpy reference on many small architectures."""
+"""The whole hub_export.model.bilm.BiLM against the numpy reference on many small architectures."""
 
 import copy
 
 import numpy as np
 import pytest
 
-from conftest import SMALL_OPTIONS
-from hub_export.bilm import BiLM
-from hub_export.char_ids import batch_sentences
-from hub_export.options import parse_options
-from hub_export.weights import random_weights
+from hub_export.model.bilm import BiLM
+from hub_export.model.char_ids import batch_sentences
+from hub_export.model.options import parse_options
+
+from helpers import SMALL_OPTIONS, random_weights
 from numpy_bilm import np_bilm
 
 ATOL = 1e-5

@@ -1,4 +1,4 @@
-"""hub_export.char_cnn.CharCNN against the independent numpy reference."""
+"""hub_export.model.char_cnn.CharCNN against the independent numpy reference."""
 
 import copy
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS
-from hub_export.char_cnn import CharCNN
-from hub_export.char_ids import batch_sentences
-from hub_export.options import parse_options
-from hub_export.weights import random_weights
+from hub_export.model.char_cnn import CharCNN
+from hub_export.model.char_ids import batch_sentences
+from hub_export.model.options import parse_options
+
+from helpers import SMALL_OPTIONS, random_weights
 from numpy_bilm import np_char_cnn
 
 ATOL = 1e-5

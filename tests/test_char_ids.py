@@ -1,4 +1,4 @@
-"""Tests for hub_export.char_ids: hand-computed ids, and numpy vs in-graph agreement."""
+"""Tests for hub_export.model.char_ids: hand-computed ids, and numpy vs in-graph agreement."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_export.char_ids import (
+from hub_export.errors import InputError
+from hub_export.model.char_ids import (
     BOS_CHAR,
     BOW,
     EOS_CHAR,
@@ -18,7 +19,6 @@ from hub_export.char_ids import (
     encode_tokens,
     token_char_ids,
 )
-from hub_export.errors import InputError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "bilm-tf"
 C = 50

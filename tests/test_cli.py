@@ -60,7 +60,7 @@ def test_batch_size_shows_the_command_s_own_default(capsys, command, default):
 
 
 def test_train_defaults_are_train_config_s():
-    from hub_export.trainer import TrainConfig
+    from hub_export.train.trainer import TrainConfig
 
     fv = flag_set("train")
     names = {"n_epochs": "epochs"}
@@ -70,8 +70,8 @@ def test_train_defaults_are_train_config_s():
 
 
 def test_dump_token_embeddings_default_is_the_library_s():
-    from hub_export import token_embeddings
     from hub_export.cli import dump_token_embeddings
+    from hub_export.corpus import token_embeddings
 
     assert dump_token_embeddings.DEFAULT_BATCH_SIZE == token_embeddings.DEFAULT_BATCH_SIZE
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import export_model
-from hub_export import default_model
-from hub_export.options import parse_options
+from hub_export.export import default_model
+from hub_export.model.options import parse_options
+
+from helpers import export_model
 
 # (sentence, a paraphrase of it, an unrelated sentence), written for this test. A model
 # this small ranks by shared words and structure more than by meaning: two first drafts

@@ -20,10 +20,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS, require_shared_fixture
-from hub_export.embed import EmbedError, embed, run_record, scan_corpus
-from hub_export.embed_store import (PARTIAL, RUN_FILE, SENTENCE_DATASET, Store, Window,
-                                    journaled_lines, write_json)
+from hub_export.corpus.embed import EmbedError, embed, run_record, scan_corpus
+from hub_export.corpus.store import (
+    PARTIAL,
+    RUN_FILE,
+    SENTENCE_DATASET,
+    Store,
+    Window,
+    journaled_lines,
+    write_json,
+)
+
+from helpers import SMALL_OPTIONS, require_shared_fixture
 
 ATOL = 1e-6
 SMALL_P = SMALL_OPTIONS["lstm"]["projection_dim"]
@@ -326,9 +334,9 @@ def test_resume_refuses_other_flags(small_export, corpus, tmp_path):
     (tmp_path / "out.hdf5.parts" / "run.json").write_text(json.dumps(run))
     with pytest.raises(EmbedError, match=r"--resume: .* belongs to a run with another module"):
         embed(small_export[0].path, corpus, output, resume=True)
-    from hub_export.embed import _module_fingerprint
+    from hub_export.corpus.embed import module_fingerprint
 
-    run["module_sha256"] = _module_fingerprint(small_export[0].path)
+    run["module_sha256"] = module_fingerprint(small_export[0].path)
     (tmp_path / "out.hdf5.parts" / "run.json").write_text(json.dumps(run))
     with pytest.raises(EmbedError, match=r"was started with --layers all, this run asks for "
                                          r"--layers elmo"):
@@ -336,13 +344,13 @@ def test_resume_refuses_other_flags(small_export, corpus, tmp_path):
 
 
 def test_resume_reports_a_damaged_part(small_export, corpus, tmp_path):
-    from hub_export.embed import _module_fingerprint
+    from hub_export.corpus.embed import module_fingerprint
 
     parts = tmp_path / "out.hdf5.parts"
     parts.mkdir()
     info = scan_corpus(corpus)
     (parts / "run.json").write_text(json.dumps({
-        "format": 1, "module": "m", "module_sha256": _module_fingerprint(small_export[0].path),
+        "format": 1, "module": "m", "module_sha256": module_fingerprint(small_export[0].path),
         "input": str(corpus), "input_sha256": info.sha256, "input_lines": info.lines,
         "layers": "all", "max_tokens": 256}))
     (parts / "part-000000000000.hdf5").write_bytes(b"not hdf5 at all")
@@ -410,7 +418,7 @@ def test_cli_reports_errors_without_a_traceback(small_export, tmp_path):
     usage = subprocess.run(run[:4] + ["--output", "x.hdf5"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 1 and "embed needs --module, --input" in usage.stderr
 
-    from hub_export.embed_beam import beam_available
+    from hub_export.corpus.beam import beam_available
 
     beam = subprocess.run(run + ["--input", str(tmp_path / "nope.txt"), "--runner", "DirectRunner"],
                           capture_output=True, text=True, timeout=120)

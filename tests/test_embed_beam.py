@@ -11,12 +11,18 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
-from hub_export.embed import (DEFAULT_MAX_TOKENS, _embed_window, embed, load_module, run_record,
-                              scan_corpus)
-from hub_export.embed_beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
-from hub_export.embed_store import RUN_FILE, EmbedError, Store, parts_dir, write_json
 from test_embed import random_corpus
+
+from hub_export.corpus.beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
+from hub_export.corpus.embed import (
+    DEFAULT_MAX_TOKENS,
+    embed,
+    embed_window,
+    load_module,
+    run_record,
+    scan_corpus,
+)
+from hub_export.corpus.store import RUN_FILE, EmbedError, Store, parts_dir, write_json
 
 needs_beam = pytest.mark.skipif(
     not beam_available(), reason="apache-beam is not installed (the hub_export[beam] extra; "
@@ -99,7 +105,7 @@ def test_resume_embeds_only_what_an_interrupted_merge_left(small_export, tmp_pat
     store = Store(parts, "all", 100, loaded.n_layers + 1, loaded.width("all"), resume=False)
     texts = corpus.read_text().split("\n")
     for lines in (range(0, 40), range(50, 55)):
-        store.add(_embed_window(loaded, [(i, texts[i].split()) for i in lines], "all", 16,
+        store.add(embed_window(loaded, [(i, texts[i].split()) for i in lines], "all", 16,
                                 DEFAULT_MAX_TOKENS, _NoMeter()))
     store.close()
     said = io.StringIO()

@@ -11,8 +11,17 @@ import h5py
 import numpy as np
 import pytest
 
-from hub_export.embed_store import (JOURNAL, PARTIAL, SENTENCE_DATASET, EmbedError, Store,
-                                    Window, journaled_lines, read_journal, write_part)
+from hub_export.corpus.store import (
+    JOURNAL,
+    PARTIAL,
+    SENTENCE_DATASET,
+    EmbedError,
+    Store,
+    Window,
+    journaled_lines,
+    read_journal,
+    write_part,
+)
 
 DEPTH, WIDTH, N_LINES = 3, 4, 40
 

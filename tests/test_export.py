@@ -23,11 +23,12 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 import signatures
-from conftest import SMALL_OPTIONS, export_model, write_model
-from hub_export.bilm import BiLM
-from hub_export.char_ids import batch_sentences
-from hub_export.elmo_module import ExportConfig
 from hub_export.errors import HubExportError
+from hub_export.export.elmo_module import ExportConfig
+from hub_export.model.bilm import BiLM
+from hub_export.model.char_ids import batch_sentences
+
+from helpers import SMALL_OPTIONS, export_model, write_model
 
 SENTENCES = ["The cat sat on the mat .", "Hello", "", "  spaced   out  words ", "naïve café"]
 TOKENS = [s.split() for s in SENTENCES]
@@ -364,7 +365,7 @@ def test_the_bilm_graph_is_saved_once(small_export):
 
 def test_weight_file_unreadable_while_hashing(small_files, tmp_path, monkeypatch):
     """The manifest's hash runs in a thread; a read error there is reported by file name."""
-    from hub_export import export as export_module
+    from hub_export.export import exporter as export_module
 
     def failing(path):
         raise PermissionError(13, "Permission denied", str(path))
@@ -382,7 +383,7 @@ def test_the_saver_traces_nothing_again(tmp_path):
     the pinned TensorFlow changes either side of that."""
     from tensorflow.python.saved_model import save_context
 
-    from hub_export.elmo_module import SAVE_OPTIONS
+    from hub_export.export.elmo_module import SAVE_OPTIONS
 
     def saved_traces(in_context: bool) -> int:
         traces = []
@@ -405,9 +406,9 @@ def test_the_saver_traces_nothing_again(tmp_path):
 
     assert saved_traces(in_context=True) == 0, (
         f"TensorFlow {tf.__version__}: tf.saved_model.save traces again a function traced in "
-        "tensorflow.python.saved_model.save_context; hub_export/elmo_module.py's "
+        "tensorflow.python.saved_model.save_context; hub_export/export/elmo_module.py's "
         "build_saveable no longer saves the tracing (look for a public API)")
     assert saved_traces(in_context=False) > 0, (
         f"TensorFlow {tf.__version__}: tf.saved_model.save no longer traces again a function "
-        "traced outside its context; hub_export/elmo_module.py can drop its private "
+        "traced outside its context; hub_export/export/elmo_module.py can drop its private "
         "save_context import")

@@ -1,4 +1,4 @@
-"""hub_export.highway.Highway against the numpy reference, and the carry-gate convention."""
+"""hub_export.model.highway.Highway against the numpy reference, and the carry-gate convention."""
 
 import copy
 
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS
-from hub_export.highway import Highway
-from hub_export.options import parse_options
-from hub_export.weights import random_weights, weight_specs
+from hub_export.model.highway import Highway
+from hub_export.model.options import parse_options
+from hub_export.model.weights import weight_specs
+
+from helpers import SMALL_OPTIONS, random_weights
 from numpy_bilm import np_highway
 
 ATOL = 1e-5

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS, require_shared_fixture
-from hub_export.bilm import BiLM
-from hub_export.language_model import LanguageModel, initial_softmax, initial_weights
-from hub_export.options import load_options, parse_options
-from hub_export.trainer import Adagrad
-from hub_export.weights import read_weights, weight_specs
+from hub_export.model.bilm import BiLM
+from hub_export.model.options import load_options, parse_options
+from hub_export.model.weights import read_weights, weight_specs
+from hub_export.train.language_model import LanguageModel, initial_softmax, initial_weights
+from hub_export.train.trainer import Adagrad
+
+from helpers import SMALL_OPTIONS, require_shared_fixture
 
 
 def test_weight_arrays_give_back_the_file():

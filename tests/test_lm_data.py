@@ -5,14 +5,19 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-
 import pytest
 
-from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.errors import VocabError
-from hub_export.lm_data import (DataError, WindowBatcher, corpus_stats, data_files,
-                                read_file_sentences, sentence_stream)
-from hub_export.vocab import SPECIAL_TOKENS, Vocabulary, write_vocab
+from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
+from hub_export.model.vocab import SPECIAL_TOKENS, Vocabulary, write_vocab
+from hub_export.train.data import (
+    DataError,
+    WindowBatcher,
+    corpus_stats,
+    data_files,
+    read_file_sentences,
+    sentence_stream,
+)
 
 
 def load_training_vocab(path, counts=None):
@@ -161,7 +166,7 @@ def test_corpus_stats_counts_words(tmp_path):
 
 
 def test_unigram_perplexity_by_hand(tmp_path):
-    from hub_export.lm_data import unigram_perplexity
+    from hub_export.train.data import unigram_perplexity
 
     (tmp_path / "train.txt").write_text("a a b\nb c\n")
     (tmp_path / "test.txt").write_text("a zz\n")

@@ -1,4 +1,4 @@
-"""hub_export.lstm.BiLSTM against the numpy reference, plus hand-computed gate checks."""
+"""hub_export.model.lstm.BiLSTM against the numpy reference, plus hand-computed gate checks."""
 
 import copy
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS
-from hub_export.lstm import ROW_KERNELS, BiLSTM
-from hub_export.options import LSTMOptions, parse_options
-from hub_export.weights import random_weights
+from hub_export.model.lstm import ROW_KERNELS, BiLSTM
+from hub_export.model.options import LSTMOptions, parse_options
+
+from helpers import SMALL_OPTIONS, random_weights
 from numpy_bilm import np_lstm_direction
 
 ATOL = 1e-5

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from hub_export.serving_config import write_batching, write_config
+from hub_export.serving.config import write_batching, write_config
 
 SERVER = shutil.which("tensorflow_model_server")
 pytestmark = pytest.mark.skipif(
@@ -33,7 +33,12 @@ def test_rest_and_grpc_against_a_real_server(small_export, tmp_path):
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from hub_export.serving import parse_predict_response, parse_rest_reply, predict_request, rest_body
+    from hub_export.serving.client import (
+        parse_predict_response,
+        parse_rest_reply,
+        predict_request,
+        rest_body,
+    )
 
     base = tmp_path / "exported"
     shutil.copytree(small_export[0].path, base / "elmo" / "3")

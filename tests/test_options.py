@@ -1,4 +1,4 @@
-"""Tests for hub_export.options: one test per error, and the valid cases.
+"""Tests for hub_export.model.options: one test per error, and the valid cases.
 
 Every error test pins the message: it must name the options file and the key path.
 """
@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL_SIZE_OPTIONS, SMALL_OPTIONS
 from hub_export.errors import OptionsError
-from hub_export.options import (
+from hub_export.model.options import (
     BiLMOptions,
     CharCNNOptions,
     LSTMOptions,
     load_options,
     parse_options,
 )
+
+from helpers import FULL_SIZE_OPTIONS, SMALL_OPTIONS
 
 
 def write_options(tmp_path: Path, raw, name: str = "options.json") -> Path:
@@ -226,10 +227,10 @@ def test_options_are_frozen():
 
 def test_training_n_characters_read_as_262(tmp_path, caplog):
     path = write_options(tmp_path, changed(lambda r: r["char_cnn"].update(n_characters=261)))
-    with caplog.at_level(logging.INFO, logger="hub_export.options"):
+    with caplog.at_level(logging.INFO, logger="hub_export.model.options"):
         options = load_options(path)
     assert options.char_cnn.n_characters == 262
-    notes = [rec.getMessage() for rec in caplog.records if rec.name == "hub_export.options"]
+    notes = [rec.getMessage() for rec in caplog.records if rec.name == "hub_export.model.options"]
     assert len(notes) == 1
     assert str(path) in notes[0] and "261" in notes[0] and "262" in notes[0]
 

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from conftest import export_model
-from hub_export.elmo_module import ExportConfig
 from hub_export.errors import HubExportError
+from hub_export.export.elmo_module import ExportConfig
+
+from helpers import export_model
 
 SENTENCES = ["the cat sat on the mat .", "naïve café", "", "a b c d e f g h i j"]
 

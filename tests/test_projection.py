@@ -1,14 +1,15 @@
-"""hub_export.projection.Projection against the numpy reference."""
+"""hub_export.model.projection.Projection against the numpy reference."""
 
 import copy
 
 import numpy as np
 import tensorflow as tf
 
-from conftest import SMALL_OPTIONS
-from hub_export.options import parse_options
-from hub_export.projection import Projection
-from hub_export.weights import random_weights, weight_specs
+from hub_export.model.options import parse_options
+from hub_export.model.projection import Projection
+from hub_export.model.weights import weight_specs
+
+from helpers import SMALL_OPTIONS, random_weights
 from numpy_bilm import np_projection
 
 ATOL = 1e-5

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hub_export import default_model
-from hub_export.weights import write_weights
+from hub_export.export import default_model
+from hub_export.model.weights import write_weights
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CI_RUN = Path(__file__).resolve().parents[1] / ".ci" / "run"
@@ -42,7 +42,7 @@ def test_quick_start_commands():
 @pytest.fixture(scope="module")
 def usage_dir(tmp_path_factory):
     """A directory with exported/elmo/3 (the built-in model) and its options + weights."""
-    from conftest import export_model
+    from helpers import export_model
 
     folder = tmp_path_factory.mktemp("readme")
     export_model(folder / "exported", None, None, version=3)
@@ -87,8 +87,9 @@ def porting_blocks() -> tuple[list[str], list[str]]:
 def porting_dir(usage_dir):
     """usage_dir plus the section's `--trainable all` export, made in this process with the
     library call the command maps to (the CLI itself is run by test_usage_cli_commands)."""
-    from conftest import export_model
-    from hub_export.elmo_module import ExportConfig
+    from hub_export.export.elmo_module import ExportConfig
+
+    from helpers import export_model
 
     (command,) = blocks(PORTING, "bash")
     assert shlex.split(command) == ["python", "-m", "hub_export", "--version", "1", "--name",
@@ -138,7 +139,7 @@ def test_serving_rest_bodies_run_through_the_session_path(usage_dir):
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    from hub_export.serving import parse_rest_reply, rest_body, rest_body_to_feeds
+    from hub_export.serving.client import parse_rest_reply, rest_body, rest_body_to_feeds
 
     bodies = [json.loads(b) for b in blocks("Serving with TF Serving", "json")]
     assert len(bodies) == 4

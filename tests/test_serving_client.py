@@ -12,16 +12,13 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_hub as hub
 from tensorflow_serving.apis import predict_pb2
 
-from hub_export import serving
 from hub_export.errors import HubExportError, InputError
-from conftest import run_session
+from hub_export.serving import client as serving
 
-ATOL = 1e-6
-SENTENCES = ["the cat sat on the mat .", "a dog barked", "Zürich's café ☕ opens early", "hello"]
-TOKENS = [["the", "cat", "sat", "on"], ["a", "dog"], ["Zürich", "☕"], []]
+from helpers import SENTENCES, TOKENS, assert_outputs_close, padded, run_session
+
 FORMS = ["instances", "inputs"]
 
 
@@ -33,35 +30,14 @@ def run_hub(loaded, name: str, feeds: dict) -> dict:
     return {k: v.numpy() for k, v in outputs.items()}
 
 
-def assert_outputs_close(got: dict, expected: dict, atol: float = ATOL) -> None:
-    assert set(got) == set(expected)
-    for key, want in expected.items():
-        have = np.asarray(got[key])
-        assert have.dtype == want.dtype, key
-        assert have.shape == want.shape, key
-        if np.issubdtype(want.dtype, np.integer) or atol == 0:
-            np.testing.assert_array_equal(have, want, err_msg=key)
-        else:
-            np.testing.assert_allclose(have, want, atol=atol, rtol=0, err_msg=key)
-
-
 def padded_tokens():
-    width = max(len(row) for row in TOKENS)
-    return (np.array([[t.encode() for t in row] + [b""] * (width - len(row)) for row in TOKENS],
-                     dtype=object),
-            np.array([len(row) for row in TOKENS], np.int32))
-
-
-@pytest.fixture(scope="module")
-def reference(loaded) -> dict:
-    """hub.load's outputs for SENTENCES (`default`) and TOKENS (`tokens`)."""
-    tokens, lengths = padded_tokens()
-    return {"sentences": run_hub(loaded, "default", {"default": np.array(SENTENCES, object)}),
-            "tokens": run_hub(loaded, "tokens", {"tokens": tokens, "sequence_len": lengths})}
+    rows, lengths = padded()
+    return (np.array([[t.encode() for t in row] for row in rows], dtype=object),
+            np.array(lengths, np.int32))
 
 
 def test_reference_is_meaningful(reference):
-    np.testing.assert_array_equal(reference["sentences"]["sequence_len"], [7, 3, 5, 1])
+    np.testing.assert_array_equal(reference["default"]["sequence_len"], [7, 3, 5, 1])
     np.testing.assert_array_equal(reference["tokens"]["sequence_len"], [4, 2, 2, 0])
     for outputs in reference.values():
         assert np.abs(outputs["elmo"]).max() > 1e-3
@@ -126,7 +102,7 @@ def test_rest_body_through_the_session_loader(session, reference, kind, signatur
     for key, value in feeds.items():
         assert value.dtype == tf.as_dtype(sig.inputs[key].dtype).as_numpy_dtype or \
             (value.dtype == object and sig.inputs[key].dtype == tf.string.as_datatype_enum), key
-    assert_outputs_close(run_session(session, signature, feeds), reference[kind])
+    assert_outputs_close(run_session(session, signature, feeds), reference["default" if kind == "sentences" else "tokens"])
 
     # The gRPC request carries the same tensors, with the signature's dtypes.
     request = serving.predict_request(**given, signature=signature, model_name="elmo")
@@ -219,7 +195,7 @@ def column_reply(outputs: dict) -> dict:
 @pytest.mark.parametrize("build", [row_reply, column_reply])
 @pytest.mark.parametrize("kind", ["sentences", "tokens"])
 def test_parse_rest_reply_round_trips(reference, build, kind):
-    expected = reference[kind]
+    expected = reference["default" if kind == "sentences" else "tokens"]
     reply = json.loads(json.dumps(build(expected)))
     got = serving.parse_rest_reply(reply)
     assert got["sequence_len"].dtype == np.int32
@@ -246,7 +222,7 @@ def test_parse_rest_reply_other_shapes():
 
 @pytest.mark.parametrize("kind", ["sentences", "tokens"])
 def test_parse_predict_response(reference, kind):
-    expected = reference[kind]
+    expected = reference["default" if kind == "sentences" else "tokens"]
     response = predict_pb2.PredictResponse()
     response.model_spec.name = "elmo"
     for key, value in expected.items():

@@ -13,8 +13,14 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from hub_export.errors import HubExportError
-from hub_export.serving_config import (Batching, BatchingParameters, build_config, parse_labels, write_batching,
-                                       write_config)
+from hub_export.serving.config import (
+    Batching,
+    BatchingParameters,
+    build_config,
+    parse_labels,
+    write_batching,
+    write_config,
+)
 
 
 @pytest.fixture

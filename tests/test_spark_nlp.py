@@ -16,8 +16,15 @@ import tensorflow as tf
 from tensorflow.core.protobuf import fingerprint_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 
-from hub_export.spark_nlp import (FEEDS, INIT_ALL_TABLES, PADDING, SAVER_PATH, SAVER_RESTORE,
-                                  SAVER_SAVE, fetch_names)
+from hub_export.export.spark_nlp import (
+    FEEDS,
+    INIT_ALL_TABLES,
+    PADDING,
+    SAVER_PATH,
+    SAVER_RESTORE,
+    SAVER_SAVE,
+    fetch_names,
+)
 
 ATOL = 1e-6
 LAYERS = ["word_emb", "lstm_outputs1", "lstm_outputs2", "elmo", "default"]

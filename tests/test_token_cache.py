@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from conftest import export_model
 from hub_export.errors import HubExportError
-from hub_export.vocab import Vocabulary
+from hub_export.model.vocab import Vocabulary
+
+from helpers import export_model
 
 VOCAB = ["the", "cat", "sat", "on", "mat", ".", "naïve", "<S>", "the", "", "  dog  "]
 SENTENCES = [

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import require_shared_fixture
+from hub_export.corpus.token_embeddings import TokenBatcher, dump_token_embeddings
 from hub_export.errors import HubExportError, VocabError
-from hub_export.token_embeddings import TokenBatcher, dump_token_embeddings
-from hub_export.vocab import Vocabulary
+from hub_export.model.vocab import Vocabulary
+
+from helpers import require_shared_fixture
 
 ATOL = 1e-6
 

@@ -13,14 +13,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import export_model
-from hub_export.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.errors import HubExportError
-from hub_export.lm_data import corpus_stats, data_files
-from hub_export.vocab import write_vocab
-from hub_export.options import load_options
-from hub_export.trainer import (TrainConfig, TrainingError, dump_weights, evaluate,
-                                load_checkpoint, train)
+from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
+from hub_export.model.options import load_options
+from hub_export.model.vocab import write_vocab
+from hub_export.train.data import corpus_stats, data_files
+from hub_export.train.trainer import (
+    TrainConfig,
+    TrainingError,
+    dump_weights,
+    evaluate,
+    load_checkpoint,
+    train,
+)
+
+from helpers import export_model
 
 OPTIONS = {
     "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 8], [2, 8], [3, 16]], "n_highway": 1,
@@ -148,7 +155,7 @@ def test_dumped_weights_export_to_the_trainers_biLM(trained, tmp_path):
 def test_dump_weights_is_the_standard_layout(trained, tmp_path):
     import h5py
 
-    from hub_export.weights import weight_specs
+    from hub_export.model.weights import weight_specs
 
     save_dir, _ = trained
     path = tmp_path / "w.hdf5"

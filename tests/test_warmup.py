@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_hub as hub
 from tensorflow_serving.apis import prediction_log_pb2
 
-from hub_export import warmup
 from hub_export.errors import HubExportError, InputError
-from conftest import run_session
+from hub_export.serving import warmup
+
+from helpers import run_session
 
 ATOL = 1e-6
 SIGNATURE_NAMES = ("default", "serving_default", "tokens")

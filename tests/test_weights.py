@@ -1,4 +1,4 @@
-"""Tests for hub_export.weights: one test per error, the spec table, and the valid cases.
+"""Tests for hub_export.model.weights: one test per error, the spec table, and the valid cases.
 
 Weight files are made by conftest's `write_model` (SMALL_OPTIONS, seeded random weights)
 and then damaged with h5py. Every error test pins the message: it must name the file,
@@ -14,16 +14,16 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FULL_SIZE_OPTIONS, SMALL_OPTIONS, write_model
 from hub_export.errors import WeightsError
-from hub_export.options import load_options, parse_options
-from hub_export.weights import (
+from hub_export.model.options import load_options, parse_options
+from hub_export.model.weights import (
     WeightSpec,
-    random_weights,
     read_weights,
     weight_specs,
     write_weights,
 )
+
+from helpers import FULL_SIZE_OPTIONS, SMALL_OPTIONS, random_weights, write_model
 
 SMALL = parse_options(copy.deepcopy(SMALL_OPTIONS))
 FULL_SIZE = parse_options(copy.deepcopy(FULL_SIZE_OPTIONS))

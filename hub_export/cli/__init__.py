@@ -43,8 +43,15 @@ class UsageError(Exception):
 
 
 def _commands() -> dict[str, ModuleType]:
-    from hub_export.cli import (dump_token_embeddings, dump_weights, embed, evaluate, export,
-                                serving_config, train)
+    from hub_export.cli import (
+        dump_token_embeddings,
+        dump_weights,
+        embed,
+        evaluate,
+        export,
+        serving_config,
+        train,
+    )
 
     return {"export": export, "serving-config": serving_config, "embed": embed,
             "dump-token-embeddings": dump_token_embeddings, "train": train,

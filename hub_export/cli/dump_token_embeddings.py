@@ -29,8 +29,8 @@ def define(fv: flags.FlagValues) -> None:
 def main(fv: flags.FlagValues) -> int:
     require(fv, "dump-token-embeddings", ("options", "weights", "vocab", "output"),
             "--options options.json --weights weights.hdf5 --vocab vocab.txt --output tokens.hdf5")
+    from hub_export.corpus.token_embeddings import dump_token_embeddings
     from hub_export.progress import Progress
-    from hub_export.token_embeddings import dump_token_embeddings
 
     path = dump_token_embeddings(fv.vocab, fv.options, fv.weights, fv.output,
                                  overwrite=fv.overwrite, batch_size=fv["batch-size"].value,

@@ -24,7 +24,7 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(fv: flags.FlagValues) -> int:
     require(fv, "dump-weights", ("save-dir", "outfile"), EXAMPLES[0])
-    from hub_export.trainer import dump_weights
+    from hub_export.train.trainer import dump_weights
 
     print(dump_weights(fv["save-dir"].value, fv.outfile, options_out=fv["options-out"].value,
                        include_softmax=fv["include-softmax"].value, overwrite=fv.overwrite))

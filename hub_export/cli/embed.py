@@ -55,9 +55,9 @@ def main(fv: flags.FlagValues) -> int:
     require(fv, "embed", ("module", "input", "output"),
             "--module exported/elmo/3 --input corpus.txt --output embeddings.hdf5")
     if fv.runner is None:
-        from hub_export.embed import embed
+        from hub_export.corpus.embed import embed
     else:  # the same job as a Beam pipeline
-        from hub_export.embed_beam import embed_beam
+        from hub_export.corpus.beam import embed_beam
 
         embed = functools.partial(embed_beam, runner=fv.runner,
                                   beam_options=fv["beam-options"].value)

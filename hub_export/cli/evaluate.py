@@ -28,7 +28,7 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(fv: flags.FlagValues) -> int:
     require(fv, "evaluate", ("test-prefix", "vocab"), EXAMPLES[0])
-    from hub_export.trainer import evaluate
+    from hub_export.train.trainer import evaluate
 
     perplexity, n_tokens = evaluate(fv["test-prefix"].value, fv.vocab,
                                     save_dir=fv["save-dir"].value, options_path=fv.options,

@@ -73,10 +73,10 @@ def main(fv: flags.FlagValues) -> int:
                          f"built-in default model (got --options={fv.options}, "
                          f"--weights={fv.weights})")
     # Heavy imports after flag parsing, so that --help and usage errors are instant.
-    from hub_export.elmo_module import ExportConfig
-    from hub_export.export import export
+    from hub_export.export.elmo_module import ExportConfig
+    from hub_export.export.exporter import export
     from hub_export.progress import Progress
-    from hub_export.warmup import read_sentences_file
+    from hub_export.serving.warmup import read_sentences_file
 
     warmup_sentences = read_sentences_file(fv["warmup-file"].value) if fv["warmup-file"].value else None
     mix_init = fv["scalar-mix-init"].value

@@ -43,7 +43,7 @@ def define(fv: flags.FlagValues) -> None:
 
 
 def main(fv: flags.FlagValues) -> int:
-    from hub_export.serving_config import Batching, parse_labels, write_batching, write_config
+    from hub_export.serving.config import Batching, parse_labels, write_batching, write_config
 
     given = {name.replace("-", "_"): fv[name].value for name in BATCHING_FLAGS
              if fv[name].value is not None}

@@ -79,7 +79,7 @@ def main(fv: flags.FlagValues) -> int:
     if restart_from is not None and len(restart_from) != 2:
         raise UsageError("--restart-from-weights takes OPTIONS WEIGHTS, e.g. "
                          "--restart-from-weights options.json weights.hdf5")
-    from hub_export.trainer import TrainConfig, train
+    from hub_export.train.trainer import TrainConfig, train
 
     config = TrainConfig(batch_size=fv["batch-size"].value, unroll_steps=fv["unroll-steps"].value,
                          n_epochs=fv.epochs, n_train_tokens=fv["n-train-tokens"].value,
