@@ -27,6 +27,7 @@ value: exit status 1 for a usage error (a flag's form), 2 for a bad file or valu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
+from hub_export.atomic import drop_unwritable_streams, failure_message  # noqa: E402
 from hub_export.errors import HubExportError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -193,12 +195,29 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the commands are "
                              f"{', '.join(_COMMANDS)}; an export takes flags only)")
     command = commands[argv[1]] if len(argv) > 1 else export_main
-    # Every command reports bad input the same way: one line naming it, exit status 2.
+    # Every command reports bad input, and what the OS refuses (a full disk, a read-only
+    # or unwritable folder), the same way: one line naming it, exit status 2.
     try:
-        return command()
+        status = command()
     except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except Exception as e:
+        message = failure_message(e)
+        if message is None:
+            raise
+        return _fail(message)
+    try:
+        sys.stdout.flush()  # the result's line, redirected to a full disk, is a failure too
+    except OSError as e:
+        return _fail(f"standard output: {e.strerror}")
+    return status
+
+
+def _fail(message: str) -> int:
+    with contextlib.suppress(OSError):  # stderr itself may be on the full disk
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    drop_unwritable_streams()
+    return 2
 
 
 def export_main() -> int:
