@@ -41,6 +41,8 @@ from typing import Callable, Iterator, Sequence
 from hub_export.errors import HubExportError
 
 READY = ".ready"  # in a staging directory: every part is complete; publishing has begun
+# How to recover from an OS failure: nothing of the output was kept, so the same command.
+AGAIN = " (nothing of it was kept; free space or fix the folder, and run the command again)"
 
 # The OS reasons looked for in the text of errors that carry no errno (TensorFlow's
 # "...; No space left on device", h5py's "errno = 28", an OSError rebuilt from a message
@@ -358,9 +360,22 @@ def recover_file(final: Path) -> None:
     recover(final.parent, _staging_prefix(final), _finish_file(final))
 
 
+def check_new_file(final: Path, flag: str | None, overwrite: bool, advice: str = AGAIN) -> None:
+    """Before the work that makes `final`: deals with what killed writers of it left,
+    refuses an existing `final` early (unless `overwrite`; the refusal that holds
+    against a concurrent writer is the link in `new_files`), and fails now, naming the
+    OS's reason, where nothing can be written."""
+    recover_file(final)
+    if not overwrite and final.exists():
+        raise OutputExistsError(exists_message(final, flag))
+    with reported(final, "write it", advice):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        Staging(final.parent, _staging_prefix(final)).close()
+
+
 @contextlib.contextmanager
 def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
-              advice: str = "") -> Iterator[list[Path]]:
+              advice: str = AGAIN) -> Iterator[list[Path]]:
     """Yields a temporary path for each of `finals` ((path, flag) pairs); when the block
     ends without an error, publishes them all (in order), or none: a refused one
     withdraws those published before it. Several outputs are marked ready before the
@@ -405,7 +420,8 @@ def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
             raise
 
 
-def write_text(path: Path, text: str, flag: str | None = None, overwrite: bool = True) -> None:
+def write_text(path: Path, text: str, flag: str | None = None, overwrite: bool = True,
+               advice: str = AGAIN) -> None:
     """Writes a small text file atomically (complete or absent), replacing by default."""
-    with new_files([(path, flag)], overwrite) as (tmp,):
+    with new_files([(Path(path), flag)], overwrite, advice) as (tmp,):
         tmp.write_text(text, encoding="utf-8")

@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from hub_export import atomic
 from hub_export.errors import HubExportError
 
 CONFIG_NAME = "models.config"
@@ -103,10 +104,15 @@ def build_config(base: str | os.PathLike, name: str = "elmo", versions: list[int
 
 
 def write_config(base: str | os.PathLike, **kwargs) -> Path:
-    """Builds the config (see `build_config`) and writes `<base>/models.config`."""
+    """Builds the config (see `build_config`) and writes `<base>/models.config`, replacing
+    the one there.
+
+    Raises:
+        HubExportError: as `build_config`; WriteError: the OS refused to write it.
+    """
     config = build_config(base, **kwargs)
     path = Path(base) / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    # The config describes the disk, so a new one replaces the old, atomically: a server
+    # reading it, or a second serving-config at the same time, sees one whole file.
+    atomic.write_text(path, text_format.MessageToString(config), overwrite=True)
     return path
