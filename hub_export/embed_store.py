@@ -112,8 +112,8 @@ def locked(parts: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EmbedError(f"{parts}: another embed run is writing this output; let it "
-                             "finish (or stop it) first") from None
+            raise EmbedError(f"{parts}: another embed run is already writing this output; let "
+                             "it finish (or stop it) first") from None
         yield
     finally:
         os.close(fd)  # the lock goes with it, and with the process if it is killed

@@ -54,6 +54,28 @@ class FillAt:
     nth: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class KillAtCall:
+    """SIGKILL the child when a Python function named `name` is called the `nth` time
+    (for moments inside a library that makes no file operation visible to Python)."""
+
+    name: str
+    nth: int = 1
+
+
+def _install_call_killer(kill: KillAtCall) -> None:
+    seen = 0
+
+    def profile(frame, event, arg):
+        nonlocal seen
+        if event == "call" and frame.f_code.co_name == kill.name:
+            seen += 1
+            if seen == kill.nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.setprofile(profile)
+
+
 def _fill(fs: str, inodes: bool) -> None:
     if inodes:
         made = []
@@ -99,7 +121,7 @@ def _install_hook(action: KillAt | FillAt) -> None:
     sys.addaudithook(hook)
 
 
-def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | None,
+def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | KillAtCall | None,
            user: int | None, file_size_limit: int | None) -> None:
     os.chdir(cwd)
     for path, fd in ((out, 1), (err, 2)):
@@ -114,7 +136,9 @@ def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | 
     if user is not None:
         os.setgid(user)
         os.setuid(user)
-    if at is not None:
+    if isinstance(at, KillAtCall):
+        _install_call_killer(at)
+    elif at is not None:
         _install_hook(at)
     from hub_export.__main__ import run
 
@@ -125,11 +149,12 @@ def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | 
 class Run:
     """A running command. `wait()` gives (exit status, stdout, stderr); killed: -9."""
 
-    def __init__(self, argv: list[str], cwd: Path, logs: Path, at: KillAt | FillAt | None = None,
-                 user: int | None = None, file_size_limit: int | None = None):
+    def __init__(self, argv: list[str], cwd: Path, logs: Path,
+                 at: KillAt | FillAt | KillAtCall | None = None, user: int | None = None,
+                 file_size_limit: int | None = None, stdout: Path | None = None):
         logs.mkdir(parents=True, exist_ok=True)
         stem = f"run-{time.monotonic_ns()}"
-        self.out, self.err = logs / f"{stem}.out", logs / f"{stem}.err"
+        self.out, self.err = stdout or logs / f"{stem}.out", logs / f"{stem}.err"
         self.argv = argv
         self.process = _CONTEXT.Process(target=_child, args=(
             [str(a) for a in argv], str(cwd), str(self.out), str(self.err), at, user,

@@ -314,3 +314,110 @@ def test_export_into_a_folder_it_cannot_write(models, tmp_path, tmpfs, fault):
     reason = "Read-only file system" if fault == "read-only" else "Permission denied"
     assert_one_error_line(stderr, export_failure(out, reason))
     assert os.listdir(out) == []
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def write_corpus(path: Path, n_lines: int = 600, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdefghij"), rng.integers(1, 9))) for _ in range(300)]
+    path.write_text("".join(" ".join(rng.choice(words, rng.integers(0, 30))) + "\n"
+                            for _ in range(n_lines)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def embed_job(small_export, tmp_path_factory):
+    """(module, corpus, flags, the output of an uninterrupted run) for the embed tests."""
+    from hub_export.embed import embed
+
+    root = tmp_path_factory.mktemp("embed")
+    corpus = write_corpus(root / "corpus.txt")
+    module = small_export[0].path
+    whole = embed(module, corpus, root / "whole.hdf5", batch_size=16, window=50)
+    return module, corpus, whole.path
+
+
+def embed_args(job, output: Path, *extra) -> list:
+    module, corpus, _ = job
+    return ["embed", "--quiet", "--module", module, "--input", corpus, "--output", output,
+            "--batch-size", "16", "--window", "50", *extra]
+
+
+def assert_same_embeddings(a: Path, b: Path) -> None:
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa) == sorted(fb)
+        for name in fa:
+            np.testing.assert_allclose(fa[name][()], fb[name][()], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_racing_embeds_of_one_output_one_wins(embed_job, tmp_path):
+    output = tmp_path / "out.hdf5"
+    runs = [cli(tmp_path, *embed_args(embed_job, output)) for _ in range(3)]
+    results = [r.wait() for r in runs]
+    assert sorted(code for code, _, _ in results) == [0, 2, 2], results
+    for code, _, stderr in results:
+        if code == 2:
+            assert_one_error_line(stderr, rf"error: .*{re.escape(str(output))}.* already .*")
+    assert_same_embeddings(output, embed_job[2])
+    assert sorted(os.listdir(tmp_path)) == ["logs", "out.hdf5"]
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_embed_on_a_full_disk_then_resume(embed_job, tmp_path, tmpfs, runner):
+    """The disk fills up during the run: one line saying that what was embedded is kept
+    and how to go on; no output; after freeing space --resume finishes with the values of
+    an uninterrupted run."""
+    fs = tmpfs("size=400k")
+    output = fs.path / "out.hdf5"
+    beam = ["--runner", "DirectRunner"] if runner == "beam" else []
+    code, _, stderr = cli(tmp_path, *embed_args(embed_job, output, *beam)).wait()
+    assert code == 2
+    parts = re.escape(str(fs.path / "out.hdf5.parts"))
+    assert_one_error_line(stderr, rf"error: --output: cannot write in {parts}: No space left on "
+                                  r"device; what was embedded is kept there: free space \(or fix "
+                                  r"the folder\) and run again with --resume")
+    assert not output.exists()
+    fs.remount("size=8m")
+    code, _, stderr = cli(tmp_path, *embed_args(embed_job, output, *beam, "--resume")).wait()
+    assert code == 0, stderr
+    assert_same_embeddings(output, embed_job[2])
+    assert os.listdir(fs.path) == ["out.hdf5"]
+
+
+EMBED_MOMENTS = {
+    # Some windows are saved, the rest not.
+    "embedding": None,
+    # The output is complete in the parts directory, not yet linked into place.
+    "publishing": KillAt("os.link", "output.complete"),
+    # The output is in place; the parts directory is not yet removed.
+    "cleaning up": KillAt("os.remove", "run.json"),
+}
+
+
+def test_embed_killed_at_several_moments_then_resume(embed_job, tmp_path):
+    """SIGKILL at three moments: never an output that is not whole (at the end it is the
+    complete file), and `embed --resume` finishes each with the uninterrupted values."""
+    from hub_export.embed_store import journaled_lines
+
+    runs = {}
+    for k, (moment, at) in enumerate(EMBED_MOMENTS.items()):
+        output = tmp_path / f"out{k}.hdf5"
+        runs[moment] = (output, cli(tmp_path, *embed_args(embed_job, output), at=at))
+    output, run = runs["embedding"]
+    assert kill_when(run, lambda: journaled_lines(Path(f"{output}.parts")) >= 100)
+    for moment, (output, run) in runs.items():
+        code, _, stderr = run.wait()
+        assert code == -9, (moment, stderr)
+        if moment == "cleaning up":
+            assert_same_embeddings(output, embed_job[2])
+        else:
+            assert not output.exists(), moment
+    resumed = [cli(tmp_path, *embed_args(embed_job, output, "--resume"))
+               for output, _ in runs.values()]
+    for moment, (output, _), run in zip(runs, runs.values(), resumed):
+        code, _, stderr = run.wait()
+        assert code == 0, (moment, stderr)
+        assert_same_embeddings(output, embed_job[2])
+        assert not Path(f"{output}.parts").exists(), moment
