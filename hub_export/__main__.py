@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from hub_export.atomic import drop_unwritable_streams, failure_message  # noqa: E402
+from hub_export.atomic import ReportedStream, drop_unwritable_streams, failure_message  # noqa: E402
 from hub_export.errors import HubExportError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -196,21 +196,24 @@ def main(argv: list[str]) -> int:
                              f"{', '.join(_COMMANDS)}; an export takes flags only)")
     command = commands[argv[1]] if len(argv) > 1 else export_main
     # Every command reports bad input, and what the OS refuses (a full disk, a read-only
-    # or unwritable folder), the same way: one line naming it, exit status 2.
+    # or unwritable folder; stdout or stderr redirected to a full disk too), the same way:
+    # one line naming it, exit status 2.
+    streams = sys.stdout, sys.stderr
+    sys.stdout = ReportedStream(sys.stdout, "standard output")
+    sys.stderr = ReportedStream(sys.stderr, "standard error")
     try:
         status = command()
+        sys.stdout.flush()
+        return status
     except HubExportError as e:
-        return _fail(str(e))
+        message = str(e)
     except Exception as e:
         message = failure_message(e)
         if message is None:
             raise
-        return _fail(message)
-    try:
-        sys.stdout.flush()  # the result's line, redirected to a full disk, is a failure too
-    except OSError as e:
-        return _fail(f"standard output: {e.strerror}")
-    return status
+    finally:
+        sys.stdout, sys.stderr = streams
+    return _fail(message)
 
 
 def _fail(message: str) -> int:

@@ -120,6 +120,30 @@ def reported(path: str | os.PathLike, action: str = "write it", advice: str = ""
         raise WriteError(f"{path}: cannot {action}: {reason}{advice}") from None
 
 
+class ReportedStream:
+    """A text stream (stdout, stderr) whose failed writes are WriteError naming it:
+    "standard output: No space left on device"."""
+
+    def __init__(self, stream, name: str):
+        self._stream = stream
+        self._name = name
+
+    def _do(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            raise WriteError(f"{self._name}: {e.strerror or e}") from None
+
+    def write(self, text: str) -> int:
+        return self._do(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._do(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def drop_unwritable_streams() -> None:
     """Points stdout or stderr at /dev/null when it can no longer be written (a full
     disk under a redirection), so that the interpreter's last flush does not fail and
@@ -158,6 +182,27 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync_path(os.path.join(folder, name))
         fsync_path(folder)
+
+
+def reserve(path: str | os.PathLike, nbytes: int) -> None:
+    """Allocates `nbytes` of disk for the file at `path` now, so that a full disk is met
+    here, as an OSError, and not later inside HDF5: h5py crashes (SIGSEGV) closing a file
+    that HDF5 failed to write for want of space. HDF5 trims the file to its real size when
+    it closes it, so an estimate on the high side costs nothing."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no preallocation here
+            raise
+    finally:
+        os.close(fd)
+
+
+def hdf5_size(data_bytes: int, n_datasets: int) -> int:
+    """A generous estimate of an hdf5 file's size: its data and, for each dataset and the
+    groups above it, a few KB of headers, heaps and B-trees."""
+    return data_bytes + (64 << 10) + n_datasets * (8 << 10)
 
 
 # --------------------------------------------------------------------------- locks

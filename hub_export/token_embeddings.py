@@ -231,6 +231,8 @@ def dump_token_embeddings(vocab_path: str | os.PathLike, options_path: str | os.
                 # original model's 793k-word vocabulary makes it 1.6 GB).
                 table = f.create_dataset(EMBEDDING_DATASET, (vocab.size, bilm.options.lstm.projection_dim),
                                          dtype=np.float32)
+                # A full disk is met here, not inside HDF5 (see `atomic.reserve`).
+                atomic.reserve(tmp, atomic.hdf5_size(table.size * 4, 1))
                 for start, rows in token_embeddings(bilm, vocab.words, batch_size):
                     table[start: start + len(rows)] = rows
     return output

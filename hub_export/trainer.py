@@ -546,6 +546,8 @@ def dump_weights(save_dir: str, outfile: str, options_out: str | None = None,
     outputs = [(Path(outfile), "--outfile")]
     if options_out:
         outputs.append((Path(options_out), "--options-out"))
+    for path, _ in outputs:  # all before any refusal: a killed dump may have left both
+        atomic.recover_file(path)
     for path, flag in outputs:
         atomic.check_new_file(path, flag, overwrite)
     model, _, _ = load_checkpoint(save_dir)

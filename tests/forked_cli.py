@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Callable
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["tensorflow", "h5py", "hub_export.__main__", "hub_export.export",
-                                 "hub_export.embed", "hub_export.trainer",
-                                 "hub_export.token_embeddings", "hub_export.serving_config"])
+# Also modules imported lazily that a child running as another user could not read.
+_CONTEXT.set_forkserver_preload(["tensorflow", "h5py", "numpy.random", "secrets",
+                                 "hub_export.__main__", "hub_export.export", "hub_export.embed",
+                                 "hub_export.trainer", "hub_export.token_embeddings",
+                                 "hub_export.serving_config"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +153,12 @@ class Run:
 
     def __init__(self, argv: list[str], cwd: Path, logs: Path,
                  at: KillAt | FillAt | KillAtCall | None = None, user: int | None = None,
-                 file_size_limit: int | None = None, stdout: Path | None = None):
+                 file_size_limit: int | None = None, stdout: Path | None = None,
+                 stderr: Path | None = None):
         logs.mkdir(parents=True, exist_ok=True)
         stem = f"run-{time.monotonic_ns()}"
-        self.out, self.err = stdout or logs / f"{stem}.out", logs / f"{stem}.err"
+        self.out = stdout or logs / f"{stem}.out"
+        self.err = stderr or logs / f"{stem}.err"
         self.argv = argv
         self.process = _CONTEXT.Process(target=_child, args=(
             [str(a) for a in argv], str(cwd), str(self.out), str(self.err), at, user,
@@ -181,7 +185,11 @@ class Run:
                 self.err.read_text(errors="replace"))
 
     def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
+        """What the command has written to stderr so far."""
+        try:
+            return self.err.read_text(errors="replace")
+        except FileNotFoundError:  # not started yet
+            return ""
 
 
 def kill_when(run: Run, condition: Callable[[], bool], timeout: float = 300) -> bool:
