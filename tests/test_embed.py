@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hub_export.atomic import OutputExistsError
 from hub_export.corpus.embed import EmbedError, embed, run_record, scan_corpus
 from hub_export.corpus.store import (
     PARTIAL,
@@ -309,7 +310,7 @@ def test_non_utf8_line_is_named(small_export, tmp_path):
 
 def test_output_exists(small_export, corpus, tmp_path):
     (tmp_path / "out.hdf5").write_bytes(b"someone's file")
-    with pytest.raises(EmbedError, match=r"out\.hdf5 already exists; pass --overwrite"):
+    with pytest.raises(OutputExistsError, match=r"out\.hdf5 already exists; pass --overwrite"):
         embed(small_export[0].path, corpus, tmp_path / "out.hdf5")
     assert (tmp_path / "out.hdf5").read_bytes() == b"someone's file"
 

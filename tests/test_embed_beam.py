@@ -11,6 +11,8 @@ import sys
 import h5py
 import numpy as np
 import pytest
+
+from hub_export.atomic import OutputExistsError
 from test_embed import random_corpus
 
 from hub_export.corpus.beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
@@ -70,7 +72,7 @@ def test_cli_runner_and_bad_options(small_export, tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     local = embed(small_export[0].path, corpus, tmp_path / "local.hdf5")
     assert_close_files(out, local.path)
-    with pytest.raises(EmbedError, match=r"already exists; pass --overwrite"):
+    with pytest.raises(OutputExistsError, match=r"already exists; pass --overwrite"):
         embed_beam(small_export[0].path, corpus, out)
     with pytest.raises(EmbedError, match=r"--beam-options: .*not valid pipeline options"):
         embed_beam(small_export[0].path, corpus, tmp_path / "x.hdf5", beam_options="--runner")

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hub_export"
-BASE = {"errors", "files", "progress", "textfiles"}
+BASE = {"atomic", "errors", "files", "progress", "textfiles"}
 JOBS = {"export", "serving", "corpus", "train"}
 # export writes TF Serving's warm-up requests into every export (serving.warmup).
 ALLOWED = {("export", "serving")}

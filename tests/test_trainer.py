@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hub_export.atomic import OutputExistsError
 from hub_export.errors import HubExportError
 from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.model.options import load_options
@@ -233,7 +234,7 @@ def test_dump_weights_refuses_to_overwrite(trained, tmp_path):
     save_dir, _ = trained
     out = tmp_path / "w.hdf5"
     out.write_bytes(b"keep me")
-    with pytest.raises(TrainingError, match=r"--outfile: .*w.hdf5 exists; pass --overwrite"):
+    with pytest.raises(OutputExistsError, match=r"--outfile: .*w.hdf5 already exists; pass --overwrite"):
         dump_weights(save_dir, str(out))
     assert out.read_bytes() == b"keep me"
 

@@ -31,6 +31,7 @@ from types import ModuleType
 from absl import flags
 from absl import logging as absl_logging
 
+from hub_export.atomic import ReportedStream, drop_unwritable_streams, failure_message
 from hub_export.errors import HubExportError
 
 PROG = "python -m hub_export"
@@ -178,26 +179,43 @@ def main(argv: list[str]) -> int:
     if rest[1:]:
         return _usage(f"unexpected argument {rest[1]!r} (flags take the form --flag value; "
                       f"the command word comes first)", name)
+    # Every command reports bad input, and what the OS refuses (a full disk, a read-only
+    # or unwritable folder; stdout or stderr redirected to a full disk too), the same way:
+    # one line naming it, exit status 2.
+    streams = sys.stdout, sys.stderr
+    sys.stdout = ReportedStream(sys.stdout, "standard output")
+    sys.stderr = ReportedStream(sys.stderr, "standard error")
     try:
         # Flags checked: now TensorFlow (every command's work needs it), so that a usage
         # error never waits for it.
         load_tensorflow(verbose_requested(fv.verbose))
-        return module.main(fv)
+        status = module.main(fv)
+        sys.stdout.flush()
+        return status
     except UsageError as e:
         return _usage(str(e), name)
     except HubExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
     except Exception as e:
-        # An error TensorFlow raised that no command turned into a message of its own
-        # (with the quiet log, its C++ lines are not printed): its first line.
-        tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(e, tf.errors.OpError):
+        message = failure_message(e) or _tensorflow_message(e)
+        if message is None:
             raise
-        message = (e.message or "").strip().splitlines()
-        print(f"error: TensorFlow {type(e).__name__}: {message[0] if message else e}",
-              file=sys.stderr)
-        return 2
+    finally:
+        sys.stdout, sys.stderr = streams
+    with contextlib.suppress(OSError):  # stderr itself may be on the full disk
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    drop_unwritable_streams()
+    return 2
+
+
+def _tensorflow_message(e: Exception) -> str | None:
+    """An error TensorFlow raised that no command turned into a message of its own (with
+    the quiet log, its C++ lines are not printed): its class and first line."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(e, tf.errors.OpError):
+        return None
+    lines = (e.message or "").strip().splitlines()
+    return f"TensorFlow {type(e).__name__}: {lines[0] if lines else e}"
 
 
 def verbose_requested(flag: bool, environ=os.environ) -> bool:

@@ -26,14 +26,16 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import IO, Any, Iterable, Optional, Sequence
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from hub_export import atomic
 from hub_export.corpus.embed import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
@@ -45,6 +47,7 @@ from hub_export.corpus.embed import (
     check_resumable,
     embed,
     embed_window,
+    writing,
     load_module,
     run_record,
     scan_corpus,
@@ -147,6 +150,17 @@ def _save(result, parts: str, layers: str) -> int:
     return len(window.lines)
 
 
+@contextlib.contextmanager
+def _quiet_beam_logs() -> Iterator[None]:
+    logger = logging.getLogger("apache_beam")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike,
                runner: str = "DirectRunner", beam_options: str = "", layers: str = "all",
                batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -174,6 +188,8 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
     output = Path(output)
     parts = parts_dir(output)
     has_run = check_output(output, resume, overwrite)
+    atomic.check_writable(output, f"; what was embedded is kept in {parts}" if has_run
+                          else "; nothing was embedded")
     module_path = check_module_dir(module)
     if resume and output.exists() and not has_run:  # a finished run: embed checks it, no-op
         return embed(module_path, input, output, layers=layers, batch_size=batch_size,
@@ -194,10 +210,11 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
         why = said.getvalue().strip().splitlines()[-1:] or [str(e)]
         raise EmbedError(f"--beam-options: {beam_options!r}: not valid pipeline options "
                          f"({why[0]})") from None
-    run = run_record(module_path, corpus, layers, max_tokens)
+    run = run_record(module_path, corpus, layers, max_tokens, overwrite)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with locked(parts):
+    with writing(parts):
+        output.parent.mkdir(parents=True, exist_ok=True)
+    with writing(parts), locked(parts):
         done = np.zeros(corpus.lines, bool)
         if resume and has_run:
             check_resumable(parts, run, json.loads((parts / RUN_FILE).read_text()))
@@ -223,12 +240,15 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
         progress.write(f"embed: {runner}: {len(specs)} window(s) of up to {window} lines to embed\n")
     if specs:
         handler = make_handler(str(module_path), layers, batch_size, max_tokens)
-        with beam.Pipeline(options=options) as pipeline:
-            (pipeline
-             | "Windows" >> beam.Create(specs)
-             | "Read" >> beam.Map(read_window, str(corpus.path))
-             | "Embed" >> RunInference(handler)
-             | "Save" >> beam.Map(_save, str(parts), layers))
+        # A failing step is reported here, in one line (a full disk under the parts is
+        # said as such); Beam would also log it with its traceback.
+        with _quiet_beam_logs(), writing(parts):
+            with beam.Pipeline(options=options) as pipeline:
+                (pipeline
+                 | "Windows" >> beam.Create(specs)
+                 | "Read" >> beam.Map(read_window, str(corpus.path))
+                 | "Embed" >> RunInference(handler)
+                 | "Save" >> beam.Map(_save, str(parts), layers))
     # The merge: every line is in a part now; `embed --resume` assembles the output
     # (replacing an old one only once the new one is complete).
     return embed(module_path, corpus.path, output, layers=layers, batch_size=batch_size,

@@ -38,6 +38,7 @@ half-written.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,6 +47,7 @@ import queue
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -53,6 +55,8 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from hub_export import atomic
+from hub_export.atomic import OutputExistsError
 from hub_export.corpus.store import (
     LOCK_FILE,
     PARTIAL,
@@ -66,6 +70,7 @@ from hub_export.corpus.store import (
     parts_dir,
     write_json,
 )
+from hub_export.errors import HubExportError
 from hub_export.files import sha256_files
 from hub_export.textfiles import decode_line, open_user_file
 
@@ -74,6 +79,7 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS = 256
 WINDOW_BATCHES = 8  # default window: this many batches' worth of lines
 _RUN_FORMAT = 1
+COMPLETE = "output.complete"  # in the parts directory: the finished output, then linked to --output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +394,9 @@ class _Writer(threading.Thread):
             e = self.error
             if isinstance(e, EmbedError):
                 raise e
+            reason = atomic.os_reason(e)
+            if reason is not None:
+                raise EmbedError(_cannot_write(self.parts, reason)) from None
             raise EmbedError(f"writing {self.parts}: {type(e).__name__}: {e}") from e
 
 
@@ -493,7 +502,7 @@ def _finished(output: Path, layers: str, n_lines: int) -> EmbedResult:
     _check_complete_output(output, layers, n_lines)
     parts = parts_dir(output)
     (parts / RUN_FILE).unlink(missing_ok=True)  # first: without it the rest is leftovers
-    shutil.rmtree(parts, ignore_errors=True)
+    _discard(parts)
     return EmbedResult(path=output, lines=n_lines, embedded=0, resumed=n_lines, tokens=0,
                        seconds=0.0)
 
@@ -507,20 +516,70 @@ def check_output(output: Path, resume: bool, overwrite: bool) -> bool:
                          "embeddings.hdf5")
     if not (resume or overwrite):
         if has_run:
-            raise EmbedError(f"--output: {parts_dir(output)} holds an unfinished run (killed or "
-                             "stopped); pass --resume to finish it, or --overwrite to start over")
+            raise EmbedError(f"--output: {output} is already being written: "
+                             f"{parts_dir(output)} holds an unfinished run (killed, stopped, or "
+                             "running now); pass --resume to finish it, or --overwrite to start "
+                             "over")
+        # An early refusal; the one that holds against a concurrent run is the link that
+        # puts the output in place (`_publish`).
         if output.exists():
-            raise EmbedError(f"--output: {output} already exists; pass --overwrite to replace "
-                             "it, or --resume if it is this run's")
+            raise OutputExistsError(atomic.exists_message(
+                output, "--output", ", or --resume if it is this run's"))
     return has_run
 
 
-def run_record(module: Path, corpus: CorpusInfo, layers: str, max_tokens: int) -> dict:
-    """What `<output>.parts/run.json` records of a run: a resume must match it."""
+def run_record(module: Path, corpus: CorpusInfo, layers: str, max_tokens: int,
+               overwrite: bool = False) -> dict:
+    """What `<output>.parts/run.json` records of a run: a resume must match it (and
+    replaces an existing output only if the run was started with --overwrite)."""
     return {"format": _RUN_FORMAT, "module": str(module.resolve()),
             "module_sha256": module_fingerprint(module),
             "input": str(corpus.path.resolve()), "input_sha256": corpus.sha256,
-            "input_lines": corpus.lines, "layers": layers, "max_tokens": max_tokens}
+            "input_lines": corpus.lines, "layers": layers, "max_tokens": max_tokens,
+            "overwrite": overwrite}
+
+
+def _cannot_write(where: Path, reason: str) -> str:
+    return (f"--output: cannot write in {where}: {reason}; what was embedded is kept there: "
+            "free space (or fix the folder) and run again with --resume")
+
+
+@contextlib.contextmanager
+def writing(parts: Path) -> Iterator[None]:
+    """Reports an OS failure (full disk, read-only, no permission) while the output is
+    assembled in `parts` as one EmbedError that says how to go on."""
+    try:
+        yield
+    except HubExportError:
+        raise
+    except Exception as e:
+        reason = atomic.os_reason(e)
+        if reason is None:
+            raise
+        raise EmbedError(_cannot_write(parts, reason)) from None
+
+
+def _publish(parts: Path, output: Path, overwrite: bool) -> None:
+    """Puts the finished output (`<parts>/output.complete`) in place: a link, refused if
+    the output exists (so that of several runs writing one output, one wins), or a
+    replace with `overwrite`. A link made before a kill is recognised as this run's."""
+    complete = parts / COMPLETE
+    try:
+        atomic.publish_file(complete, output, overwrite, "--output")
+    except OutputExistsError:
+        if not os.path.samefile(complete, output):
+            raise
+
+
+def _discard(parts: Path) -> None:
+    """Removes a run's parts directory. It is renamed away first (under the run's lock),
+    so that a run starting now makes a new one instead of sharing the one being removed."""
+    trash = parts.with_name(f".{parts.name}.removed-{uuid.uuid4().hex}")
+    try:
+        os.rename(parts, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike,
@@ -553,6 +612,8 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     output = Path(output)
     parts = parts_dir(output)
     has_run = check_output(output, resume, overwrite)
+    atomic.check_writable(output, f"; what was embedded is kept in {parts}" if has_run
+                          else "; nothing was embedded")
     check_module_dir(module)
     corpus = scan_corpus(input)
     if resume and output.exists() and not has_run:
@@ -565,10 +626,20 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     except OSError as e:
         raise EmbedError(f"--output: cannot create {output.parent}: {e.strerror or e}") from None
 
-    run = run_record(loaded.path, corpus, layers, max_tokens)
-    with locked(parts):
+    run = run_record(loaded.path, corpus, layers, max_tokens, overwrite)
+    with writing(parts), locked(parts):
+        if resume and has_run and not (parts / RUN_FILE).is_file():
+            # Finished by a run that held the lock meanwhile.
+            return _finished(output, layers, corpus.lines)
         if resume and has_run:
-            check_resumable(parts, run, json.loads((parts / RUN_FILE).read_text()))
+            saved = json.loads((parts / RUN_FILE).read_text())
+            check_resumable(parts, run, saved)
+            # Runs before the record said so replaced an existing output.
+            overwrite = saved.get("overwrite", True)
+            if (parts / COMPLETE).exists() and journaled_lines(parts) == corpus.lines:
+                # Killed between completing the output and putting it in place.
+                _publish(parts, output, overwrite)
+                return _finished(output, layers, corpus.lines)
             if (output.exists() and not (parts / PARTIAL).exists()
                     and journaled_lines(parts) == corpus.lines):
                 # Killed between putting the output in place and removing the parts.
@@ -583,11 +654,8 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
 
         note = (lambda text: progress.write(f"embed: {text}\n")) if progress is not None else (
             lambda text: None)
-        try:
-            store = Store(parts, layers, corpus.lines, loaded.n_layers + 1, width,
-                          resume=resume and has_run, note=note)
-        except OSError as e:
-            raise EmbedError(f"--output: cannot write in {parts}: {e.strerror or e}") from None
+        store = Store(parts, layers, corpus.lines, loaded.n_layers + 1, width,
+                      resume=resume and has_run, note=note)
         try:
             for path in sorted(parts.glob("part-*.hdf5")):  # saved by the Beam pipeline's workers
                 store.add_part(path)
@@ -607,13 +675,20 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
                 if writer.is_alive():  # stopped by an error: let it drain, keep what it saved
                     writer.queue.put(None)
                     writer.join()
-            store.finish(output)
+            store.finish(parts / COMPLETE)
         finally:
             store.close()
         meter.finish()
+        try:
+            _publish(parts, output, overwrite)
+        except OutputExistsError:
+            # Another run put its output in place first: this one's is not wanted.
+            (parts / RUN_FILE).unlink()
+            _discard(parts)
+            raise
         # run.json goes first: a parts directory without it is only leftovers.
         (parts / RUN_FILE).unlink()
-    shutil.rmtree(parts, ignore_errors=True)
+        _discard(parts)
     return EmbedResult(path=output, lines=corpus.lines, embedded=meter.lines,
                        resumed=resumed, tokens=meter.tokens,
                        seconds=time.perf_counter() - meter.start)

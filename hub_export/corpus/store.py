@@ -50,6 +50,7 @@ from typing import Callable, Iterator
 import h5py
 import numpy as np
 
+from hub_export import atomic
 from hub_export.errors import HubExportError
 
 SENTENCE_DATASET = "sentence_embeddings"  # the one dataset of layers="default"
@@ -93,22 +94,12 @@ def parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
-def fsync_path(path: Path) -> None:
-    # A rename is atomic, but without this a power cut could leave a renamed file whose
-    # data never reached the disk. (A killed process loses nothing the kernel has.)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value, indent=2) + "\n")
-    fsync_path(tmp)
+    atomic.fsync_path(tmp)
     os.replace(tmp, path)
-    fsync_path(path.parent)
+    atomic.fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -120,8 +111,8 @@ def locked(parts: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EmbedError(f"{parts}: another embed run is writing this output; let it "
-                             "finish (or stop it) first") from None
+            raise EmbedError(f"{parts}: another embed run is already writing this output; let "
+                             "it finish (or stop it) first") from None
         yield
     finally:
         os.close(fd)  # the lock goes with it, and with the process if it is killed
@@ -139,9 +130,9 @@ def write_part(parts: Path, window: Window, layers: str) -> Path:
         f.create_dataset("line_index", data=window.lines)
         f.create_dataset("n_tokens", data=window.n_tokens)
         f.create_dataset("values", data=window.values)
-    fsync_path(tmp)
+    atomic.fsync_path(tmp)
     os.replace(tmp, final)
-    fsync_path(parts)
+    atomic.fsync_path(parts)
     return final
 
 
@@ -290,20 +281,23 @@ class Store:
         with h5py.File(self.path, mode, libver=LIBVER) as f:
             _no_evictions(f)
             yield f
-        fsync_path(self.path)
+        atomic.fsync_path(self.path)
 
     def _create(self) -> None:
         with self._open("w") as f:
             if self.layers == "default":
                 # The dataset's storage is allocated now, so that writing its rows changes
-                # no metadata; rows not yet written are holes in the file, read as zeros
-                # (the `default` of an empty line).
+                # no metadata; rows not yet written read as zeros (the `default` of an
+                # empty line).
                 dcpl = _dataset_plist()
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
                 space = h5py.h5s.create_simple((self.n_lines, self.width))
                 h5py.h5d.create(f.id, SENTENCE_DATASET.encode(), h5py.h5t.IEEE_F32LE, space,
                                 dcpl=dcpl)
-        fsync_path(self.parts)
+        if self.layers == "default":
+            # Every row's space now, so that a full disk is met here and not inside HDF5.
+            atomic.reserve(self.path, self.path.stat().st_size)
+        atomic.fsync_path(self.parts)
 
     def _reopen(self, records: list, note: Callable[[str], None]) -> int | None:
         """Takes over what a killed run saved: the end of the journal's good records, or
@@ -355,6 +349,10 @@ class Store:
     def add(self, window: Window) -> None:
         """Writes a window's values, puts them on disk, then journals them."""
         values = np.ascontiguousarray(window.values, np.float32)
+        if self.layers != "default":  # (default's rows have their space from the start)
+            # A full disk is met here, as an OSError, not inside HDF5 (`atomic.reserve`).
+            atomic.reserve(self.path, self.path.stat().st_size
+                           + atomic.hdf5_size(values.nbytes, len(window.lines)))
         with self._open() as f:
             if self.layers == "default":
                 dataset = f[SENTENCE_DATASET]
@@ -402,7 +400,7 @@ class Store:
             raise EmbedError(f"{self.parts}: {int((~self.done).sum())} lines are missing, the "
                              f"first line {int(np.argmin(self.done))}; run again with --resume")
         os.replace(self.path, output)  # on disk already: each window's close synced it
-        fsync_path(output.parent)
+        atomic.fsync_path(output.parent)
 
     def close(self) -> None:
         """Lets go of the journal, finished or not (the hdf5 file is open only in `add`)."""

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from hub_export import atomic
 from hub_export.errors import HubExportError, VocabError
 from hub_export.model.bilm import BiLM
 from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
@@ -133,8 +134,8 @@ def dump_token_embeddings(vocab_path: str | os.PathLike, options_path: str | os.
     Args:
         vocab_path: the vocabulary, one word a line, with `<S>` and `</S>`.
         options_path, weights_path: the biLM's options.json and weights.hdf5.
-        output: the hdf5 file to write; written beside it and renamed at the end, so an
-            interrupted dump leaves no output.
+        output: the hdf5 file to write; written beside it and put in place at the end, so
+            an interrupted or failed dump leaves no output.
         overwrite: replace an existing output.
         batch_size: words per char-CNN call.
         progress: where to report the steps; None for silence.
@@ -144,33 +145,33 @@ def dump_token_embeddings(vocab_path: str | os.PathLike, options_path: str | os.
 
     Raises:
         HubExportError: naming the file, line or value that is wrong (VocabError,
-            OptionsError, WeightsError among them).
+            OptionsError, WeightsError among them); OutputExistsError, WriteError (the
+            OS refused to write the output: full disk, read-only, no permission).
     """
     output = Path(output)
     if output.is_dir():
         raise HubExportError(f"--output: {output} is a directory; give a file name such as "
                              "tokens.hdf5")
-    if output.exists() and not overwrite:
-        raise HubExportError(f"--output: {output} already exists; pass --overwrite to replace it")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise HubExportError(f"--batch-size: must be a positive integer, got {batch_size!r}")
+    atomic.check_new_file(output, "--output", overwrite)
     vocab = Vocabulary(vocab_path)
     _check_dumpable(vocab)
     progress = progress or Progress(0, stream=None)
     with progress.step("reading options and weights into the biLM"):
         bilm = BiLM.from_files(options_path, weights_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
+    # Written beside the output and linked into place at the end (`atomic`): an
+    # interrupted or failed dump leaves no output, and of two dumps to one output
+    # without `overwrite` one wins.
+    with atomic.new_files([(output, "--output")], overwrite) as (tmp,):
         with progress.step(f"embedding {vocab.size:,} words into {output}"):
             with h5py.File(tmp, "w") as f:
                 # Filled chunk by chunk: the table is never held whole in memory (the
                 # original model's 793k-word vocabulary makes it 1.6 GB).
                 table = f.create_dataset(EMBEDDING_DATASET, (vocab.size, bilm.options.lstm.projection_dim),
                                          dtype=np.float32)
+                # A full disk is met here, not inside HDF5 (see `atomic.reserve`).
+                atomic.reserve(tmp, atomic.hdf5_size(table.size * 4, 1))
                 for start, rows in token_embeddings(bilm, vocab.words, batch_size):
                     table[start: start + len(rows)] = rows
-            os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return output

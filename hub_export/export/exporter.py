@@ -1,9 +1,10 @@
 """Export a biLM as a versioned TF-Hub-style SavedModel: `<output_dir>/<name>/<version>/`.
 
-The library behind `python -m hub_export`. An export is atomic: it is written to a
-temporary directory beside the target and renamed into place at the end, so an
-interrupted export leaves no `<version>` directory, and an existing version is only
-replaced with `overwrite=True`.
+The library behind `python -m hub_export`. An export is atomic (see `atomic`): it is
+written in a staging directory beside the target (`.tmp-<version>-*`, with the archive)
+and renamed into place at the end, so an interrupted or failed export leaves no
+`<version>` directory, and an existing version is only replaced with `overwrite=True`,
+even by exports of the same version running at the same time.
 
 Layout of a version directory:
     saved_model.pb, variables/        the SavedModel (signatures: see `signatures/`)
@@ -15,17 +16,20 @@ Layout of a version directory:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 
+from hub_export import atomic
+from hub_export.atomic import OutputExistsError
 from hub_export.errors import HubExportError
 from hub_export.export import default_model, module_card, spark_nlp
 from hub_export.export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build_saveable
@@ -39,7 +43,10 @@ from hub_export.progress import Progress
 from hub_export.serving import warmup
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = ".tmp-"  # + version + "-": the staging directory of an export (see `atomic`)
+_SAVED = "export"  # the SavedModel's directory inside it
+# How to recover, said after an OS failure.
+_AGAIN = " (nothing of the export was kept; free space or fix the folder, and run the command again)"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
@@ -59,49 +66,78 @@ def _check_target(output_dir: Path, name: str, version: int, overwrite: bool,
     if not _NAME_PATTERN.match(name or ""):
         raise HubExportError(
             f"--name: got {name!r}; use letters, digits, '.', '_' and '-' (a directory name)")
-    target = output_dir / name / str(version)
-    archive_path = output_dir / f"{name}-{version}.tar.gz"
-    if not overwrite:
-        for existing in (target, archive_path if archive else None):
-            if existing is not None and existing.exists():
-                raise HubExportError(
-                    f"{existing} already exists; pass --overwrite to replace it, or choose "
-                    "another --version")
     if output_dir.exists() and not output_dir.is_dir():
         raise HubExportError(f"--output-dir: {output_dir} exists and is not a directory")
+    target = output_dir / name / str(version)
+    archive_path = output_dir / f"{name}-{version}.tar.gz"
+    # What a killed export of this version left is dealt with first: it may have been
+    # publishing (then its missing part is put in place), otherwise it is removed.
+    atomic.recover(target.parent, _staging_prefix(version), _finish_publishing(target, archive_path))
+    if not overwrite:
+        # An early refusal, before minutes of building; the refusal that holds against a
+        # concurrent export of the same version is the rename at the end (`_publish`).
+        for existing in (target, archive_path if archive else None):
+            if existing is not None and existing.exists():
+                raise OutputExistsError(_exists_message(existing))
+    # Fail now, not after the build, where nothing can be written (read-only, no
+    # permission, no inodes left).
+    with atomic.reported(target, "write the export", _AGAIN):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.Staging(target.parent, _staging_prefix(version)).close()
     return target, archive_path
 
 
-def _remove_stale_temporaries(parent: Path, version: int) -> None:
-    """Removes what killed exports of this version left behind (their pid is gone)."""
-    if not parent.is_dir():
+def _exists_message(path: Path) -> str:
+    return atomic.exists_message(path, None, ", or choose another --version")
+
+
+def _staging_prefix(version: int) -> str:
+    return f"{_TMP_PREFIX}{version}-"
+
+
+def _publish(staged: Path, target: Path, archive_path: Path | None, overwrite: bool) -> None:
+    """Puts the version directory (then its archive) in place; call under
+    `atomic.publishing(target.parent)`. The version decides: of several exports of one
+    version without `overwrite`, the first to rename its own in wins and the others get
+    OutputExistsError; an archive that is refused takes its version back out."""
+    aside = Path(tempfile.mkdtemp(prefix="old-", dir=staged))
+    atomic.publish_dir(staged / _SAVED, target, overwrite, aside, lambda: _exists_message(target))
+    if archive_path is None or not (staged / archive_path.name).is_file():
         return
-    for entry in parent.glob(f"{_TMP_PREFIX}{version}-*"):
-        pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        atomic.publish_file(staged / archive_path.name, archive_path, overwrite)
+    except OutputExistsError:
+        os.rename(target, staged / _SAVED)
+        raise OutputExistsError(_exists_message(archive_path)) from None
+
+
+def _finish_publishing(target: Path, archive_path: Path):
+    """For `atomic.recover`: publishes what an export killed while publishing left."""
+    def finish(staged: Path) -> None:
+        with atomic.publishing(target.parent):
+            try:
+                _publish(staged, target, archive_path, atomic.ready_to_overwrite(staged))
+            except OutputExistsError:
+                return  # another export has this version now: the killed one's is dropped
+            except FileNotFoundError:  # the version was in place already: only the archive
+                archive = staged / archive_path.name
+                if archive.is_file():
+                    with contextlib.suppress(OutputExistsError):
+                        atomic.publish_file(archive, archive_path,
+                                            atomic.ready_to_overwrite(staged))
+        logging.getLogger(__name__).info(f"{target}: finished publishing what a killed "
+                                         "export had completed")
+    return finish
 
 
 def write_archive(version_dir: Path, archive_path: Path) -> None:
     """TF Hub's compressed format: the SavedModel's files at the archive root."""
-    tmp = archive_path.with_name(f"{_TMP_PREFIX}{archive_path.name}-{os.getpid()}")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with tarfile.open(archive_path, "w:gz") as tar:
         for path in sorted(version_dir.rglob("*")):
             if path.is_symlink():
                 raise HubExportError(f"{path}: refusing to archive a symbolic link")
             # Relative names only: no absolute paths, no "..", nothing outside the module.
             tar.add(path, arcname=path.relative_to(version_dir).as_posix(), recursive=False)
-    os.replace(tmp, archive_path)
 
 
 def export(version: int, options_path: str | os.PathLike | None = None,
@@ -132,7 +168,9 @@ def export(version: int, options_path: str | os.PathLike | None = None,
 
     Raises:
         HubExportError (OptionsError, WeightsError among them): naming the file, flag
-            or value that is wrong.
+            or value that is wrong. OutputExistsError: the version (or archive) exists
+            and `overwrite` is False. WriteError: the OS refused to write it (full disk,
+            read-only, no permission); nothing of the export is left.
     """
     if (options_path is None) != (weights_path is None):
         raise HubExportError("--options and --weights go together: give both, or neither "
@@ -188,12 +226,12 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             raise HubExportError(f"--weights: cannot read {weights_path} to hash it: {e}") from None
     manifest = module_card.manifest(name, version, options, config, source, module)
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(parent, version)
-    tmp = parent / f"{_TMP_PREFIX}{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    atomic.recover(parent, _staging_prefix(version), _finish_publishing(target, archive_path))
+    stage = atomic.Staging(parent, _staging_prefix(version))
+    tmp = stage.path / _SAVED
     try:
-        with progress.step(f"saving to {target}"):
+        with progress.step(f"saving to {target}"), atomic.reported(target, "write the export",
+                                                                   _AGAIN):
             tf.saved_model.save(root, str(tmp), signatures=fns, options=SAVE_OPTIONS)
             # Operation names for clients that use no signature (Spark NLP).
             spark_nlp.add_graph_names(tmp)
@@ -207,19 +245,21 @@ def export(version: int, options_path: str | os.PathLike | None = None,
                 warmup.write_warmup_file(extra / WARMUP_FILE,
                                          warmup_sentences or warmup.DEFAULT_SENTENCES,
                                          model_name=name)
-            if target.exists():  # only reachable with overwrite=True
-                old = parent / f"{_TMP_PREFIX}{version}-old-{os.getpid()}"
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+        if archive:
+            # Written before the version is published, so that a full disk here leaves
+            # no version either, and a plain re-run does the whole job.
+            with progress.step(f"archiving to {archive_path}"), atomic.reported(
+                    archive_path, "write the archive", _AGAIN):
+                write_archive(tmp, stage.path / archive_path.name)
+        with atomic.reported(target, "write the export", _AGAIN):
+            if archive:
+                stage.mark_ready(overwrite)  # two outputs: a kill between them is finished later
             else:
-                os.rename(tmp, target)
+                atomic.fsync_tree(tmp)
+            with atomic.publishing(parent):
+                _publish(stage.path, target, archive_path if archive else None, overwrite)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.close()
         scratch.cleanup()
-
-    if archive:
-        with progress.step(f"archiving to {archive_path}"):
-            write_archive(target, archive_path)
     return ExportResult(path=target, archive=archive_path if archive else None, manifest=manifest)
 

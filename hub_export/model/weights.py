@@ -18,6 +18,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
+from hub_export.atomic import hdf5_size, reserve
 from hub_export.errors import WeightsError
 from hub_export.model.options import BiLMOptions
 
@@ -244,7 +245,11 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
 
 
 def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes arrays to an hdf5 file in the bilm-tf layout (dataset names as in the specs)."""
+    """Writes arrays to an hdf5 file in the bilm-tf layout (dataset names as in the specs).
+
+    The file's space is reserved first, so that a full disk is an OSError here (see
+    `atomic.reserve`)."""
     with h5py.File(os.fspath(path), "w") as f:
+        reserve(path, hdf5_size(sum(np.asarray(v).size * 4 for v in arrays.values()), len(arrays)))
         for name, value in arrays.items():
             f.create_dataset(name, data=np.asarray(value, dtype=np.float32))

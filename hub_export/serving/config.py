@@ -28,6 +28,7 @@ from google.protobuf import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from hub_export import atomic
 from hub_export.errors import HubExportError
 
 CONFIG_NAME = "models.config"
@@ -201,14 +202,18 @@ def build_config(base: str | os.PathLike, name: str = "elmo", versions: list[int
 
 
 def write_config(base: str | os.PathLike, **kwargs) -> Path:
-    """Builds the config (see `build_config`) and writes `<base>/models.config`."""
+    """Builds the config (see `build_config`) and writes `<base>/models.config`, replacing
+    the one there.
+
+    Raises:
+        HubExportError: as `build_config`; WriteError: the OS refused to write it.
+    """
     config = build_config(base, **kwargs)
     return _write_text(Path(base) / CONFIG_NAME, text_format.MessageToString(config))
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Written beside `path` and renamed: a server (re)reading it never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # The file describes the disk, so a new one replaces the old, atomically: a server
+    # reading it, or a second serving-config at the same time, sees one whole file.
+    atomic.write_text(path, text, overwrite=True)
     return path

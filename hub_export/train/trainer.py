@@ -21,13 +21,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import IO, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from hub_export import atomic
 from hub_export.errors import HubExportError
 from hub_export.model.options import TRAINING_N_CHARACTERS, BiLMOptions, load_options
 from hub_export.model.vocab import Vocabulary
@@ -318,7 +321,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
     vocab = Vocabulary(vocab_path).check_training(stats.counts if ordered else None)
     n_train_tokens = config.n_train_tokens or stats.n_tokens
 
-    softmax = None
+    weights = softmax = None
     if restart:
         saved_options, vocab_info = read_save_dir(save_dir)
         _check_same_architecture(saved_options, options_path, f"the checkpoint in {save_dir}",
@@ -344,25 +347,47 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
             weights = initial_weights(options, config.seed)
         if os.path.exists(save_dir) and not os.path.isdir(save_dir):
             raise TrainingError(f"--save-dir: {save_dir} exists and is not a folder")
-        if os.path.isdir(save_dir) and tf.train.latest_checkpoint(save_dir):
-            raise TrainingError(f"--save-dir: {save_dir} already holds a checkpoint; pass "
-                                "--restart to continue it, or choose another folder (nothing "
-                                "was overwritten)")
 
+    with atomic.reported(save_dir, "create the save folder", atomic.AGAIN):
+        os.makedirs(save_dir, exist_ok=True)
+    # One run at a time writes a save folder: what is there is checked, and written,
+    # under its lock (a second `train` started on it at the same time is refused).
+    with atomic.held(Path(save_dir), f"--save-dir: {save_dir} is already in use: another "
+                     "`train` is writing it; let it finish, or choose another folder (nothing "
+                     "was changed)"):
+        return _train_holding(save_dir, train_files, test_files, stats, vocab, vocab_path,
+                              n_train_tokens, options, weights, softmax,
+                              config, max_steps, log)
+
+
+def _train_holding(save_dir: str, train_files: list[str], test_files: list[str] | None,
+                   stats, vocab: Vocabulary, vocab_path: str, n_train_tokens: int,
+                   options: BiLMOptions, weights: dict | None, softmax: dict | None,
+                   config: TrainConfig, max_steps: int | None, log: IO[str] | None) -> TrainResult:
+    """`train`, once the inputs are checked and the save folder is held: a restart when
+    `weights` is None, else a new run from `weights` (and `softmax`, or a fresh one)."""
+    restart = weights is None
+    _remove_unfinished_checkpoints(save_dir)
     P = options.lstm.projection_dim
     if restart:
         model, run, _ = load_checkpoint(save_dir, config.learning_rate)
     else:
+        if tf.train.latest_checkpoint(save_dir):
+            raise TrainingError(f"--save-dir: {save_dir} already holds a checkpoint; pass "
+                                "--restart to continue it, or choose another folder (nothing "
+                                "was overwritten)")
         if softmax is None:
             softmax = initial_softmax(vocab.size, P, config.seed)
         model = LanguageModel(options, weights, softmax)
-        os.makedirs(save_dir, exist_ok=True)
-        with open(os.path.join(save_dir, OPTIONS_FILE), "w", encoding="utf-8") as f:
-            json.dump(training_options_dict(options, config, vocab.size, n_train_tokens), f, indent=2)
-        with open(os.path.join(save_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
-            json.dump({"size": vocab.size, "sha256": _vocab_digest(vocab),
-                       "path": os.path.abspath(vocab_path)}, f, indent=2)
+        atomic.write_text(Path(save_dir, OPTIONS_FILE), json.dumps(
+            training_options_dict(options, config, vocab.size, n_train_tokens), indent=2))
+        atomic.write_text(Path(save_dir, VOCAB_FILE), json.dumps(
+            {"size": vocab.size, "sha256": _vocab_digest(vocab),
+             "path": os.path.abspath(vocab_path)}, indent=2))
         run = TrainingRun(model, config.learning_rate, save_dir)
+        # Step 0 too, so that `--restart` continues a run killed before its first
+        # checkpoint (from its start, with its seed) like any other.
+        _save_checkpoint(run, save_dir, 0)
 
     steps_per_epoch = max(1, n_train_tokens // (config.batch_size * config.unroll_steps))
     total_steps = config.n_epochs * steps_per_epoch
@@ -424,7 +449,7 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
                 f"{speed:,.0f} tok/s  eta {eta / 60:.1f} min")
             window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
         if step % config.checkpoint_every == 0 or step == total_steps:
-            run.manager.save(checkpoint_number=step)
+            _save_checkpoint(run, save_dir, step)
             if test_files:
                 evaluate_held_out(step)
             window_start = time.perf_counter()
@@ -433,6 +458,42 @@ def train(train_prefix: str, vocab_path: str, save_dir: str, options_path: str |
     return TrainResult(step=int(run.step.numpy()), train_perplexity=train_perplexity,
                        tokens_per_second=tokens_done / train_time if train_time else 0.0,
                        held_out=tuple(held_out), save_dir=save_dir)
+
+
+def _checkpoint_prefix(path: str) -> str:
+    """`ckpt-12` of `ckpt-12.index`, `ckpt-12.data-00000-of-00001`, `ckpt-12_temp`."""
+    return path.split(".", 1)[0].removesuffix("_temp")
+
+
+def _remove_unfinished_checkpoints(save_dir: str) -> None:
+    """Removes what a checkpoint write that failed or was killed left: TensorFlow's
+    `ckpt-N_temp/` shards, a `ckpt-N.*` that the `checkpoint` file does not list (it
+    lists a checkpoint only once its files are complete), a `checkpoint.tmp*`."""
+    state = tf.train.get_checkpoint_state(save_dir)
+    listed = {os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else [])}
+    for name in os.listdir(save_dir):
+        if name.startswith("checkpoint.tmp") or (
+                name.startswith("ckpt-") and _checkpoint_prefix(name) not in listed):
+            path = os.path.join(save_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def _save_checkpoint(run: TrainingRun, save_dir: str, step: int) -> None:
+    """Saves checkpoint `step`; an OS failure (full disk...) is one WriteError saying
+    which checkpoint is the last complete one, and the partial one is removed."""
+    try:
+        run.manager.save(checkpoint_number=step)
+    except Exception as e:
+        reason = atomic.os_reason(e)
+        if reason is None:
+            raise
+        _remove_unfinished_checkpoints(save_dir)
+        last = tf.train.latest_checkpoint(save_dir)
+        then = (f"the last complete checkpoint is {os.path.basename(last)}: free space and run "
+                "again with --restart" if last else "no checkpoint was written: free space and "
+                "run the same command again")
+        raise atomic.WriteError(f"--save-dir: {save_dir}: cannot write checkpoint {step}: "
+                                f"{reason}; {then}") from None
 
 
 def evaluate(test_prefix: str, vocab_path: str, save_dir: str | None = None,
@@ -471,17 +532,27 @@ def evaluate(test_prefix: str, vocab_path: str, save_dir: str | None = None,
 def dump_weights(save_dir: str, outfile: str, options_out: str | None = None,
                  include_softmax: bool = False, overwrite: bool = False) -> str:
     """The latest checkpoint as a weight file (bilm-tf's layout, `char_embed` without the
-    padding row) and, optionally, an options file for inference (n_characters 262)."""
-    for path, flag in ((outfile, "--outfile"), (options_out, "--options-out")):
-        if path and os.path.exists(path) and not overwrite:
-            raise TrainingError(f"{flag}: {path} exists; pass --overwrite to replace it")
+    padding row) and, optionally, an options file for inference (n_characters 262).
+
+    Both are written beside their names and put in place together at the end (`atomic`):
+    a failed or interrupted dump leaves neither, and of two dumps to one file without
+    `overwrite` one wins.
+
+    Raises:
+        TrainingError: the save folder holds no usable checkpoint. OutputExistsError:
+            an output exists and `overwrite` is False. WriteError: the OS refused.
+    """
+    outputs = [(Path(outfile), "--outfile")]
+    if options_out:
+        outputs.append((Path(options_out), "--options-out"))
+    for path, _ in outputs:  # all before any refusal: a killed dump may have left both
+        atomic.recover_file(path)
+    for path, flag in outputs:
+        atomic.check_new_file(path, flag, overwrite)
     model, _, _ = load_checkpoint(save_dir)
     arrays = model.weight_arrays(include_softmax=include_softmax)
-    tmp = f"{outfile}.tmp-{os.getpid()}"
-    write_weights(tmp, arrays)
-    os.replace(tmp, outfile)
-    if options_out:
-        d = _architecture(model.options)
-        with open(options_out, "w", encoding="utf-8") as f:
-            json.dump(d, f, indent=2)
+    with atomic.new_files(outputs, overwrite) as tmps:
+        write_weights(tmps[0], arrays)
+        if options_out:
+            tmps[1].write_text(json.dumps(_architecture(model.options), indent=2), encoding="utf-8")
     return outfile
