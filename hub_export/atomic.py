@@ -98,7 +98,7 @@ def failure_message(error: BaseException) -> str | None:
     if path is None:
         # h5py: "filename = '/x/y.hdf5'"; TensorFlow: "/x/y/part-0...; No space left".
         match = (re.search(r"filename = '([^']+)'", str(error))
-                 or re.search(r"(/\S+?);? " + re.escape(reason), str(error)))
+                 or re.search(r"(\S+?);? " + re.escape(reason), str(error)))
         path = match.group(1) if match else None
     return f"{path}: {reason}" if path else reason
 
@@ -197,6 +197,20 @@ def reserve(path: str | os.PathLike, nbytes: int) -> None:
             raise
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def new_hdf5(path: str | os.PathLike, data_bytes: int, n_datasets: int) -> Iterator["h5py.File"]:
+    """A new hdf5 file, open for writing, with the space of `data_bytes` of values in
+    `n_datasets` datasets reserved (`reserve`). It is made, reserved, then opened again:
+    libhdf5 trims a file that it opened larger than its contents when it closes it, so the
+    file ends up its real size. (Reserved while open, the unused space would stay.)"""
+    import h5py
+
+    h5py.File(path, "w").close()
+    reserve(path, hdf5_size(data_bytes, n_datasets))
+    with h5py.File(path, "r+") as f:
+        yield f
 
 
 def hdf5_size(data_bytes: int, n_datasets: int) -> int:

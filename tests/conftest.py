@@ -10,8 +10,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from helpers import (FULL_SIZE_OPTIONS, SENTENCES, SMALL_OPTIONS, export_model, padded,
-                     require_shared_fixture, write_model)
+from helpers import (
+    FULL_SIZE_OPTIONS,
+    SENTENCES,
+    SMALL_OPTIONS,
+    export_model,
+    padded,
+    require_shared_fixture,
+    write_model,
+)
 
 
 @pytest.fixture

@@ -75,18 +75,24 @@ def test_verbose_gives_tensorflow_lines_back(damaged_module):
     assert len(lines) > 1, proc.stderr
 
 
-def test_uncaught_tensorflow_error_is_one_line(monkeypatch, capsys):
-    """An error TensorFlow raises that no command words itself: its class and first line."""
+@pytest.mark.parametrize("error, line", [
+    (tf.errors.InvalidArgumentError(None, None, "bad value\n\t [[{{node Something}}]]"),
+     "error: TensorFlow InvalidArgumentError: bad value"),
+    (tf.errors.NotFoundError(None, None, "out/.tmp-3/variables; No such file or directory\n\t "
+                             "[[{{node SaveV2}}]]"),
+     "error: out/.tmp-3/variables: No such file or directory"),
+], ids=["no OS reason", "an OS reason"])
+def test_uncaught_tensorflow_error_is_one_line(monkeypatch, capsys, error, line):
+    """An error TensorFlow raises that no command words itself: one line, the path and
+    the OS's reason when it carries one, else its class and first line."""
     def fail(fv):
-        raise tf.errors.NotFoundError(None, None, "out/.tmp-3/variables; No such file or "
-                                      "directory\n\t [[{{node SaveV2}}]]")
+        raise error
 
     from hub_export.cli import embed
 
     monkeypatch.setattr(embed, "main", fail)
-    assert cli.main(["embed"]) == 2
-    assert capsys.readouterr().err == (
-        "error: TensorFlow NotFoundError: out/.tmp-3/variables; No such file or directory\n")
+    assert cli.main(["embed", "--verbose"]) == 2  # (--verbose: no quieting of this process)
+    assert capsys.readouterr().err == line + "\n"
 
 
 def test_verbose_environment_variable_values():

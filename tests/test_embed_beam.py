@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 from hub_export.atomic import OutputExistsError
-from test_embed import random_corpus
-
 from hub_export.corpus.beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
 from hub_export.corpus.embed import (
     DEFAULT_MAX_TOKENS,
@@ -25,6 +23,8 @@ from hub_export.corpus.embed import (
     scan_corpus,
 )
 from hub_export.corpus.store import RUN_FILE, EmbedError, Store, parts_dir, write_json
+
+from test_embed import random_corpus
 
 needs_beam = pytest.mark.skipif(
     not beam_available(), reason="apache-beam is not installed (the hub_export[beam] extra; "

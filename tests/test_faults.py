@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -33,9 +32,10 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import SMALL_OPTIONS, write_model
-from forked_cli import FillAt, KillAt, KillAtCall, Run, kill_when
 from hub_export.atomic import WriteError
+
+from forked_cli import FillAt, KillAt, KillAtCall, Run, kill_when
+from helpers import SMALL_OPTIONS, write_model
 
 NOBODY = 65534
 
@@ -544,8 +544,8 @@ def test_train_killed_or_out_of_space_then_restart(train_corpus, tmp_path, tmpfs
 def test_a_checkpoint_on_a_full_disk_names_the_last_complete_one(train_corpus, tmpfs):
     """Mid-run: checkpoint 5 meets a full disk after checkpoint 0 was written. The error
     says to --restart from ckpt-0, and checkpoint 5's partial files are gone."""
-    from hub_export.train.language_model import LanguageModel, initial_softmax, initial_weights
     from hub_export.model.options import load_options
+    from hub_export.train.language_model import LanguageModel, initial_softmax, initial_weights
     from hub_export.train.trainer import TrainingRun, _save_checkpoint
 
     fs = tmpfs("size=4m")

@@ -47,7 +47,7 @@ def test_dependencies_run_one_way():
     for importer, imported, names in imports():
         a = part(importer)
         # `from hub_export.export import exporter` imports the module exporter.
-        targets = [f"{imported}.{n}" for n in names] if imported.count(".") == 1 else [imported]
+        targets = [f"{imported}.{n}" for n in names] if imported.count(".") <= 1 else [imported]
         for target in targets:
             b = part(target) if target.split(".")[1] not in BASE else "base"
             if a == b or b == "base" or a == "cli" or importer == "hub_export.__main__":

@@ -236,13 +236,19 @@ def load_tensorflow(verbose: bool) -> None:
     runs with that descriptor on /dev/null. Errors still reach the user: TensorFlow
     raises them as Python exceptions, which `main` prints as one line.
     """
-    if verbose or "tensorflow" in sys.modules:
+    if verbose:
         import tensorflow  # noqa: F401
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.simplefilter("ignore")
-    with _stderr_to_devnull():
-        import tensorflow as tf
+    # Libraries that warn through the root logger (Apache Beam's start-up notes); our own
+    # notes have a handler of their own (`run`).
+    logging.getLogger().setLevel(logging.ERROR)
+    if "tensorflow" not in sys.modules:
+        with _stderr_to_devnull():
+            import tensorflow  # noqa: F401
+    import tensorflow as tf
+
     tf.get_logger().setLevel(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
 

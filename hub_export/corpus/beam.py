@@ -29,39 +29,33 @@ import json
 import logging
 import os
 import shlex
-import shutil
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from hub_export import atomic
 from hub_export.corpus.embed import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
-    WINDOW_BATCHES,
     EmbedResult,
-    check_flags,
     check_module_dir,
-    check_output,
     check_resumable,
     embed,
     embed_window,
-    writing,
     load_module,
     run_record,
     scan_corpus,
+    start,
+    start_afresh,
+    writing,
 )
 from hub_export.corpus.store import (
-    LOCK_FILE,
     RUN_FILE,
     EmbedError,
     Store,
     Window,
     locked,
-    parts_dir,
     read_part,
-    write_json,
     write_part,
 )
 
@@ -183,13 +177,8 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    check_flags(layers, batch_size, max_tokens, window, resume, overwrite)
-    window = window or WINDOW_BATCHES * batch_size
-    output = Path(output)
-    parts = parts_dir(output)
-    has_run = check_output(output, resume, overwrite)
-    atomic.check_writable(output, f"; what was embedded is kept in {parts}" if has_run
-                          else "; nothing was embedded")
+    output, parts, window, has_run = start(output, layers, batch_size, max_tokens, window,
+                                           resume, overwrite)
     module_path = check_module_dir(module)
     if resume and output.exists() and not has_run:  # a finished run: embed checks it, no-op
         return embed(module_path, input, output, layers=layers, batch_size=batch_size,
@@ -226,11 +215,8 @@ def embed_beam(module: str | os.PathLike, input: str | os.PathLike, output: str 
             store = Store(parts, layers, corpus.lines, depth, width, resume=True)
             done |= store.done
             store.close()
-        else:  # a fresh start: nothing from before counts
-            for entry in parts.iterdir():
-                if entry.name != LOCK_FILE:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            write_json(parts / RUN_FILE, run)
+        else:
+            start_afresh(parts, run)
     specs = []
     for spec in window_specs(corpus.path, corpus.lines, window):
         saved = np.flatnonzero(done[spec.first: spec.first + spec.count])

@@ -582,6 +582,28 @@ def _discard(parts: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def start(output: str | os.PathLike, layers: str, batch_size: int, max_tokens: int,
+          window: int | None, resume: bool, overwrite: bool) -> tuple[Path, Path, int, bool]:
+    """The checks every run begins with, here or on Beam: (output, its parts directory,
+    the window, whether an unfinished run is there)."""
+    check_flags(layers, batch_size, max_tokens, window, resume, overwrite)
+    output = Path(output)
+    parts = parts_dir(output)
+    has_run = check_output(output, resume, overwrite)
+    atomic.check_writable(output, f"; what was embedded is kept in {parts}" if has_run
+                          else "; nothing was embedded")
+    return output, parts, window or WINDOW_BATCHES * batch_size, has_run
+
+
+def start_afresh(parts: Path, run: dict) -> None:
+    """Empties the (locked) parts directory and records the new run: nothing from before
+    counts."""
+    for entry in parts.iterdir():
+        if entry.name != LOCK_FILE:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    write_json(parts / RUN_FILE, run)
+
+
 def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike,
           layers: str = "all", batch_size: int = DEFAULT_BATCH_SIZE,
           max_tokens: int = DEFAULT_MAX_TOKENS, window: int | None = None, resume: bool = False,
@@ -607,13 +629,8 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     Raises:
         EmbedError: naming the flag, file, line or value that is wrong.
     """
-    check_flags(layers, batch_size, max_tokens, window, resume, overwrite)
-    window = window or WINDOW_BATCHES * batch_size
-    output = Path(output)
-    parts = parts_dir(output)
-    has_run = check_output(output, resume, overwrite)
-    atomic.check_writable(output, f"; what was embedded is kept in {parts}" if has_run
-                          else "; nothing was embedded")
+    output, parts, window, has_run = start(output, layers, batch_size, max_tokens, window,
+                                           resume, overwrite)
     check_module_dir(module)
     corpus = scan_corpus(input)
     if resume and output.exists() and not has_run:
@@ -645,10 +662,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
                 # Killed between putting the output in place and removing the parts.
                 return _finished(output, layers, corpus.lines)
         else:
-            for entry in parts.iterdir():  # a fresh start: nothing from before counts
-                if entry.name != LOCK_FILE:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            write_json(parts / RUN_FILE, run)
+            start_afresh(parts, run)
         for stray in parts.glob(".*.tmp-*"):  # a part or run.json a kill cut short
             stray.unlink()
 

@@ -165,13 +165,12 @@ def dump_token_embeddings(vocab_path: str | os.PathLike, options_path: str | os.
     # without `overwrite` one wins.
     with atomic.new_files([(output, "--output")], overwrite) as (tmp,):
         with progress.step(f"embedding {vocab.size:,} words into {output}"):
-            with h5py.File(tmp, "w") as f:
+            shape = (vocab.size, bilm.options.lstm.projection_dim)
+            # A full disk is met before HDF5 writes (see `atomic.new_hdf5`).
+            with atomic.new_hdf5(tmp, int(np.prod(shape)) * 4, 1) as f:
                 # Filled chunk by chunk: the table is never held whole in memory (the
                 # original model's 793k-word vocabulary makes it 1.6 GB).
-                table = f.create_dataset(EMBEDDING_DATASET, (vocab.size, bilm.options.lstm.projection_dim),
-                                         dtype=np.float32)
-                # A full disk is met here, not inside HDF5 (see `atomic.reserve`).
-                atomic.reserve(tmp, atomic.hdf5_size(table.size * 4, 1))
+                table = f.create_dataset(EMBEDDING_DATASET, shape, dtype=np.float32)
                 for start, rows in token_embeddings(bilm, vocab.words, batch_size):
                     table[start: start + len(rows)] = rows
     return output

@@ -18,7 +18,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
-from hub_export.atomic import hdf5_size, reserve
+from hub_export.atomic import new_hdf5
 from hub_export.errors import WeightsError
 from hub_export.model.options import BiLMOptions
 
@@ -249,7 +249,7 @@ def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> 
 
     The file's space is reserved first, so that a full disk is an OSError here (see
     `atomic.reserve`)."""
-    with h5py.File(os.fspath(path), "w") as f:
-        reserve(path, hdf5_size(sum(np.asarray(v).size * 4 for v in arrays.values()), len(arrays)))
+    data_bytes = sum(np.asarray(v).size * 4 for v in arrays.values())
+    with new_hdf5(path, data_bytes, len(arrays)) as f:
         for name, value in arrays.items():
             f.create_dataset(name, data=np.asarray(value, dtype=np.float32))
