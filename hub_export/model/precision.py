@@ -19,9 +19,19 @@ COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
 
 def matrix_variable(value: np.ndarray, dtype: tf.DType, trainable: bool,
                     name: str) -> tf.Variable:
-    """A weight matrix stored in the compute dtype."""
-    return tf.Variable(tf.cast(value, dtype) if dtype != tf.float32 else value,
-                       trainable=trainable, name=name)
+    """A weight matrix stored in the compute dtype.
+
+    A transposed view (the model holds many matrices [out, in] that the file stores
+    [in, out]) is transposed by TensorFlow, whose blocked, multi-threaded copy is several
+    times faster on these matrices than numpy's strided one (`python benchmarks/bench.py
+    --export-only` times an export of the original model).
+    """
+    value = np.asarray(value)
+    if not value.flags.c_contiguous and value.T.flags.c_contiguous:
+        value = tf.transpose(tf.convert_to_tensor(value.T))
+    if dtype != tf.float32:
+        value = tf.cast(value, dtype)
+    return tf.Variable(value, trainable=trainable, name=name)
 
 
 def matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
