@@ -18,8 +18,8 @@ Every command writes its results the same way:
 * A result of several outputs (a version and its archive; weights and their options) is
   marked `ready` once every part is complete, then published part after part. A kill in
   between leaves a ready staging directory: the next command writing there publishes
-  the missing parts of it (never replacing anything), so nothing is lost and no output
-  stays without its companion.
+  the missing parts of it (replacing only what the killed run was asked to replace), so
+  nothing is lost and no output stays without its companion.
 * An OSError, an h5py error or a TensorFlow error that carries an OS reason (ENOSPC,
   EDQUOT, EROFS, EACCES, ...) becomes one `WriteError` naming the output and the reason;
   what was written of it is removed with the staging directory.
@@ -185,10 +185,8 @@ def fsync_tree(root: Path) -> None:
 
 
 def reserve(path: str | os.PathLike, nbytes: int) -> None:
-    """Allocates `nbytes` of disk for the file at `path` now, so that a full disk is met
-    here, as an OSError, and not later inside HDF5: h5py crashes (SIGSEGV) closing a file
-    that HDF5 failed to write for want of space. HDF5 trims the file to its real size when
-    it closes it, so an estimate on the high side costs nothing."""
+    """Allocates the first `nbytes` of the file at `path` on disk now, so that a full disk
+    is met here, as an OSError, and not later by a library that does not survive it."""
     fd = os.open(path, os.O_WRONLY)
     try:
         os.posix_fallocate(fd, 0, nbytes)
@@ -197,12 +195,6 @@ def reserve(path: str | os.PathLike, nbytes: int) -> None:
             raise
     finally:
         os.close(fd)
-
-
-def hdf5_size(data_bytes: int, n_datasets: int) -> int:
-    """A generous estimate of an hdf5 file's size: its data and, for each dataset and the
-    groups above it, a few KB of headers, heaps and B-trees."""
-    return data_bytes + (64 << 10) + n_datasets * (8 << 10)
 
 
 # --------------------------------------------------------------------------- locks

@@ -226,13 +226,35 @@ def dump_token_embeddings(vocab_path: str | os.PathLike, options_path: str | os.
     # without `overwrite` one wins.
     with atomic.new_files([(output, "--output")], overwrite) as (tmp,):
         with progress.step(f"embedding {vocab.size:,} words into {output}"):
-            with h5py.File(tmp, "w") as f:
-                # Filled chunk by chunk: the table is never held whole in memory (the
-                # original model's 793k-word vocabulary makes it 1.6 GB).
-                table = f.create_dataset(EMBEDDING_DATASET, (vocab.size, bilm.options.lstm.projection_dim),
-                                         dtype=np.float32)
-                # A full disk is met here, not inside HDF5 (see `atomic.reserve`).
-                atomic.reserve(tmp, atomic.hdf5_size(table.size * 4, 1))
+            shape = (vocab.size, bilm.options.lstm.projection_dim)
+            offset = _allocate_table(tmp, shape)
+            # Filled chunk by chunk: the table is never held whole in memory (the
+            # original model's 793k-word vocabulary makes it 1.6 GB).
+            fd = os.open(tmp, os.O_WRONLY)
+            try:
                 for start, rows in token_embeddings(bilm, vocab.words, batch_size):
-                    table[start: start + len(rows)] = rows
+                    os.pwrite(fd, np.ascontiguousarray(rows, "<f4").tobytes(),
+                              offset + start * shape[1] * 4)
+            finally:
+                os.close(fd)
     return output
+
+
+def _allocate_table(path: Path, shape: tuple[int, int]) -> int:
+    """Makes the file with its one dataset `embedding` (float32, contiguous), whose
+    storage HDF5 allocates now and never fills, and reserves the disk for all of it;
+    returns the byte offset where the dataset's rows go.
+
+    The rows are then written there directly, so a full disk is an OSError of that
+    write, or of the reservation: never met inside HDF5, which h5py does not survive
+    (it crashes closing a file HDF5 failed to write)."""
+    with h5py.File(path, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        dataset = h5py.h5d.create(f.id, EMBEDDING_DATASET.encode(), h5py.h5t.IEEE_F32LE,
+                                  h5py.h5s.create_simple(shape), dcpl=dcpl)
+        offset = dataset.get_offset() or 0  # None for an empty table
+        # The dataset is the last thing allocated: the file ends where its rows end.
+        atomic.reserve(path, offset + shape[0] * shape[1] * 4)
+    return offset

@@ -11,6 +11,7 @@ are made, in the model part that owns them.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 from typing import Mapping
@@ -18,7 +19,6 @@ from typing import Mapping
 import h5py
 import numpy as np
 
-from hub_export.atomic import hdf5_size, reserve
 from hub_export.errors import WeightsError
 from hub_export.options import BiLMOptions
 
@@ -247,12 +247,15 @@ def read_weights(path: str | os.PathLike, options: BiLMOptions) -> dict[str, np.
 def write_weights(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Writes arrays to an hdf5 file in the bilm-tf layout (dataset names as in the specs).
 
-    The file's space is reserved first, so that a full disk is an OSError here (see
-    `atomic.reserve`)."""
-    with h5py.File(os.fspath(path), "w") as f:
-        reserve(path, hdf5_size(sum(np.asarray(v).size * 4 for v in arrays.values()), len(arrays)))
+    The file is made in memory and then written out, so that a full disk is an OSError of
+    this write: h5py crashes (SIGSEGV) closing a file that HDF5 failed to write.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         for name, value in arrays.items():
             f.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+    with open(path, "wb") as out:
+        out.write(image.getbuffer())
 
 
 def random_weights(options: BiLMOptions, seed: int) -> dict[str, np.ndarray]:

@@ -166,6 +166,31 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+# --------------------------------------------------------------------------- messages
+
+
+def test_the_os_reason_is_found_in_every_kind_of_error():
+    """What a quota (EDQUOT) gives, through each library: no tmpfs quota can be mounted
+    here, so the message is checked on the errors as each library raises them."""
+    import tensorflow as tf
+
+    from hub_export.atomic import failure_message, os_reason
+
+    quota = "Disk quota exceeded"
+    assert os_reason(OSError(122, quota, "/x/w.hdf5")) == quota
+    assert failure_message(OSError(122, quota, "/x/w.hdf5")) == f"/x/w.hdf5: {quota}"
+    h5 = RuntimeError("Can't decrement id ref count (file write failed: time = Tue Dec  1\n, "
+                      "filename = '/x/t.hdf5', file descriptor = 3, errno = 122, error message "
+                      f"= '{quota}', buf = 0x1)")
+    assert failure_message(h5) == f"/x/t.hdf5: {quota}"
+    saver = tf.errors.ResourceExhaustedError(
+        None, None, "{{function_node __wrapped__SaveV2_dtypes_2_device_/job:localhost}} "
+        f"/x/variables/variables_temp/part-00000-of-00001.data; {quota} [Op:SaveV2]")
+    assert failure_message(saver) == f"/x/variables/variables_temp/part-00000-of-00001.data: {quota}"
+    assert os_reason(ValueError(quota)) is None
+    assert os_reason(tf.errors.InvalidArgumentError(None, None, "shapes differ")) is None
+
+
 # --------------------------------------------------------------------------- export
 
 
