@@ -528,10 +528,10 @@ def test_train_log_onto_a_full_disk(train_corpus, tmp_path, tmpfs):
 
 
 def test_train_killed_or_out_of_space_then_restart(train_corpus, tmp_path, tmpfs):
-    """SIGKILL before the first checkpoint, a disk full at the first checkpoint, SIGKILL
-    between a checkpoint's files and its entry in the `checkpoint` file: that file always
-    points to complete checkpoints, nothing partial is left, and the next run continues
-    from the last of them."""
+    """SIGKILL before the first checkpoint and twice between a checkpoint's files and its
+    entry in the `checkpoint` file, and a disk full at the first checkpoint: that file
+    always points to complete checkpoints, nothing partial is left, and the next run
+    continues from the last of them."""
     fs = tmpfs("size=8m")
     save_dir = fs.path / "ckpt"
     # 1. Writing options.json, before any checkpoint.
@@ -548,7 +548,12 @@ def test_train_killed_or_out_of_space_then_restart(train_corpus, tmp_path, tmpfs
                                   r"written: free space and run the same command again")
     assert listed_checkpoints(save_dir) == [] and checkpoint_files(save_dir) == []
     filler.unlink()
-    # 3. Checkpoint 5's files are complete, the `checkpoint` file does not list it yet.
+    # 3. Checkpoint 0's files are written, the `checkpoint` file does not list them yet.
+    code, _, _ = cli(tmp_path, *train_args(train_corpus, save_dir),
+                     at=KillAtCall("update_checkpoint_state_internal")).wait()
+    assert code == -9 and listed_checkpoints(save_dir) == []
+    assert "ckpt-0.index" in checkpoint_files(save_dir)
+    # 4. The same for checkpoint 5 (step 3's unlisted files were removed first).
     code, _, stderr = cli(tmp_path, *train_args(train_corpus, save_dir),
                           # Each save records the state twice: after its files, after the
                           # sweep of old ones. Call 3 is checkpoint 5's first.
@@ -556,7 +561,7 @@ def test_train_killed_or_out_of_space_then_restart(train_corpus, tmp_path, tmpfs
     assert code == -9
     assert start_step(stderr) == 0
     assert listed_checkpoints(save_dir) == ["ckpt-0"] and "ckpt-5.index" in checkpoint_files(save_dir)
-    # 4. --restart removes checkpoint 5's unlisted files, continues from 0 and finishes.
+    # 5. --restart removes checkpoint 5's unlisted files, continues from 0 and finishes.
     code, stdout, stderr = cli(tmp_path, *train_args(train_corpus, save_dir, "--restart")).wait()
     assert code == 0, stderr
     assert start_step(stderr) == 0 and stdout.strip() == f"{save_dir}: step 15"
@@ -707,15 +712,22 @@ def test_token_dump_on_a_full_disk_then_rerun(token_job, tmp_path, tmpfs):
 
 
 @pytest.mark.parametrize("moment", [KillAtCall("token_embeddings", nth=3),
-                                    KillAt("os.link", "tokens.hdf5")],
-                         ids=["writing", "before-publishing"])
+                                    KillAt("os.link", "tokens.hdf5"),
+                                    # The first removal is of the check made before the work.
+                                    KillAt("shutil.rmtree", ".tokens.hdf5.tmp-", nth=2)],
+                         ids=["writing", "before-publishing", "after-publishing"])
 def test_token_dump_killed_then_rerun(token_job, tmp_path, moment):
+    """SIGKILL while the rows are written, when the file is complete but not in place, and
+    once it is in place: either no output or the whole one; the re-run writes it, or
+    clears what was left and finds it there."""
     output = tmp_path / "out" / "tokens.hdf5"
     code, _, _ = cli(tmp_path, *token_args(token_job, output), at=moment).wait()
     assert code == -9
-    assert not output.exists() and len(leftovers(output.parent)) == 1
+    assert len(leftovers(output.parent)) == 1
+    in_place = isinstance(moment, KillAt) and moment.event == "shutil.rmtree"
+    assert output.exists() == in_place
     code, _, stderr = cli(tmp_path, *token_args(token_job, output)).wait()
-    assert code == 0, stderr
+    assert code == (2 if in_place else 0), stderr
     assert_same_embeddings(output, token_job[2])
     assert os.listdir(output.parent) == ["tokens.hdf5"]
 
