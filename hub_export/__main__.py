@@ -22,7 +22,10 @@ Usage:
         the checkpoint as a weight file and inference options, ready to export
 
 Errors in what you give are printed as one message naming the file, key, flag or
-value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value.
+value: exit status 1 for a usage error (a flag's form), 2 for a bad file or value. What
+the system refuses (a full disk, a read-only or forbidden folder) is one message naming
+the path and the reason, exit status 2 (see the README's "What happens when things go
+wrong").
 """
 
 from __future__ import annotations

@@ -413,6 +413,7 @@ def check_writable(final: Path, advice: str = AGAIN) -> None:
     """Fails now, with WriteError naming the OS's reason, if `final` could not be written
     (its folder is read-only, not the user's to write, or out of inodes), rather than
     after the work that makes it. Makes the folder if it is missing."""
+    recover_file(final)
     with reported(final, "write it", advice):
         final.parent.mkdir(parents=True, exist_ok=True)
         Staging(final.parent, _staging_prefix(final)).close()

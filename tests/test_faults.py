@@ -62,14 +62,13 @@ class Tmpfs:
     def fill(self, leave: int = 0) -> Path:
         """Fills the file system up to `leave` free bytes; returns the filler file."""
         filler = self.path / f"filler-{uuid.uuid4().hex}"
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     free = os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_frsize
                     if free <= leave:
                         break
                     f.write(b"\0" * min(1 << 20, free - leave))
-                    f.flush()
             except OSError:
                 pass
         return filler
@@ -839,25 +838,27 @@ COMMANDS = {
                            i / "corpus" / "options.json", "--save-dir", o / "ckpt"],
     "dump-weights": lambda i, o: ["dump-weights", "--save-dir", i / "ckpt", "--outfile",
                                   o / "w.hdf5"],
-    "serving-config": lambda i, o: ["serving-config", "--base", i / "module" / ".." / "..",
-                                    "--name", "elmo"],
+    # Its output, models.config, goes in --base: here `out/`, holding one version.
+    "serving-config": lambda i, o: ["serving-config", "--base", o],
 }
 
 
 @pytest.mark.parametrize("fault", ["read-only", "not permitted"])
 def test_every_command_refuses_a_folder_it_cannot_write(readable_inputs, tmp_path, fault):
     """EROFS (the file system remounted read-only) and EACCES (run as `nobody` in a
-    folder of root's): each command stops with one line naming its output and the OS's
-    reason, exit status 2, before any long work, and writes nothing."""
+    folder of root's): embed, dump-token-embeddings, train, dump-weights and
+    serving-config each stop with one line naming their output and the OS's reason, exit
+    status 2, before any long work, and write nothing (export: its own test above)."""
     fs, inputs, out = readable_inputs
+    fake_versions(out, versions=(1,))
     if fault == "read-only":
         fs.remount("ro")
     reason = "Read-only file system" if fault == "read-only" else "Permission denied"
     runs = {name: cli(tmp_path, *make(inputs, out),
                       user=NOBODY if fault == "not permitted" else None)
-            for name, make in COMMANDS.items() if name != "serving-config"}
+            for name, make in COMMANDS.items()}
     for name, run in runs.items():
         code, _, stderr = run.wait()
         assert code == 2, (name, stderr)
         assert_one_error_line(stderr, rf"error: .*{re.escape(str(out))}.*: {reason}.*")
-    assert os.listdir(out) == []
+    assert os.listdir(out) == ["elmo"]
