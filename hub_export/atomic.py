@@ -15,11 +15,12 @@ Every command writes its results the same way:
   `os.replace`, and a directory is moved aside and the new one renamed in; concurrent
   overwrites publish one at a time (a lock on the parent), so a target is always one
   writer's complete result.
-* A result of several outputs (a version and its archive; weights and their options) is
-  marked `ready` once every part is complete, then published part after part. A kill in
-  between leaves a ready staging directory: the next command writing there publishes
-  the missing parts of it (never replacing anything), so nothing is lost and no output
-  stays without its companion.
+* A result of several outputs is published part after part, so a kill can come between
+  two parts. For files (weights and their options) the next command writing there takes
+  back the part that was put in place (it is still linked from the staging directory)
+  and writes the whole result again. An export's version and archive share one staging
+  directory, marked `ready` before the version is renamed in: the next export of that
+  version puts the archive in place beside it (`recover` calls back to do so).
 * An OSError, an h5py error or a TensorFlow error that carries an OS reason (ENOSPC,
   EDQUOT, EROFS, EACCES, ...) becomes one `WriteError` naming the output and the reason;
   what was written of it is removed with the staging directory.
@@ -41,6 +42,7 @@ from typing import Callable, Iterator, Sequence
 from hub_export.errors import HubExportError
 
 READY = ".ready"  # in a staging directory: every part is complete; publishing has begun
+GROUP = ".group"  # in a staging directory: its file is one of several published together
 # How to recover from an OS failure: nothing of the output was kept, so the same command.
 AGAIN = " (nothing of it was kept; free space or fix the folder, and run the command again)"
 
@@ -185,10 +187,8 @@ def fsync_tree(root: Path) -> None:
 
 
 def reserve(path: str | os.PathLike, nbytes: int) -> None:
-    """Allocates `nbytes` of disk for the file at `path` now, so that a full disk is met
-    here, as an OSError, and not later inside HDF5: h5py crashes (SIGSEGV) closing a file
-    that HDF5 failed to write for want of space. HDF5 trims the file to its real size when
-    it closes it, so an estimate on the high side costs nothing."""
+    """Allocates the first `nbytes` of the file at `path` on disk now, so that a full disk
+    is met here, as an OSError, and not later by a library that does not survive it."""
     fd = os.open(path, os.O_WRONLY)
     try:
         os.posix_fallocate(fd, 0, nbytes)
@@ -200,7 +200,7 @@ def reserve(path: str | os.PathLike, nbytes: int) -> None:
 
 
 @contextlib.contextmanager
-def new_hdf5(path: str | os.PathLike, data_bytes: int, n_datasets: int) -> Iterator["h5py.File"]:
+def new_hdf5(path: str | os.PathLike, data_bytes: int, n_datasets: int) -> Iterator:
     """A new hdf5 file, open for writing, with the space of `data_bytes` of values in
     `n_datasets` datasets reserved (`reserve`). It is made, reserved, then opened again:
     libhdf5 trims a file that it opened larger than its contents when it closes it, so the
@@ -302,17 +302,18 @@ class Staging:
 
 def _same_inode(fd: int, path: Path) -> bool:
     try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
+        a, b = os.stat(path), os.fstat(fd)
     except FileNotFoundError:
         return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 @contextlib.contextmanager
 def staging(parent: Path, prefix: str,
-            finish_ready: Callable[[Path], None] | None = None) -> Iterator[Staging]:
+            on_stale: Callable[[Path], None] | None = None) -> Iterator[Staging]:
     """A Staging in `parent`, removed when the block ends; the ones killed processes left
     with this prefix are dealt with first (`recover`)."""
-    recover(parent, prefix, finish_ready)
+    recover(parent, prefix, on_stale)
     stage = Staging(parent, prefix)
     try:
         yield stage
@@ -320,9 +321,10 @@ def staging(parent: Path, prefix: str,
         stage.close()
 
 
-def recover(parent: Path, prefix: str, finish_ready: Callable[[Path], None] | None = None) -> None:
+def recover(parent: Path, prefix: str, on_stale: Callable[[Path], None] | None = None) -> None:
     """Removes the staging directories in `parent` that nobody holds (their process was
-    killed); for one marked ready, `finish_ready(path)` first publishes what is missing."""
+    killed), calling `on_stale(path)` on each first, with its lock held (to finish or
+    take back what its run was publishing)."""
     try:
         entries = [e for e in os.scandir(parent) if e.name.startswith(prefix) and e.is_dir()]
     except (FileNotFoundError, NotADirectoryError):
@@ -336,8 +338,8 @@ def recover(parent: Path, prefix: str, finish_ready: Callable[[Path], None] | No
             if _try_lock(fd) is not True or not _same_inode(fd, Path(entry.path)):
                 continue  # its process is at work (or this file system cannot tell)
             path = Path(entry.path)
-            if finish_ready is not None and (path / READY).exists():
-                finish_ready(path)
+            if on_stale is not None:
+                on_stale(path)
             shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
@@ -386,10 +388,10 @@ def publish_dir(tmp: Path, final: Path, overwrite: bool, aside: Path,
     fsync_path(final.parent)
 
 
-def withdraw(final: Path, inode: int) -> None:
-    """Removes `final` if it is still the file this process published (inode `inode`)."""
+def withdraw(final: Path, published: Path) -> None:
+    """Removes `final` if it is the file `published` (the same inode: linked from it)."""
     with contextlib.suppress(OSError):
-        if os.stat(final).st_ino == inode:
+        if os.path.samefile(final, published):
             os.unlink(final)
 
 
@@ -402,21 +404,18 @@ def ready_to_overwrite(stale: Path) -> bool:
     return (stale / READY).read_text().strip() == "overwrite"
 
 
-def _finish_file(final: Path) -> Callable[[Path], None]:
-    def finish(stale: Path) -> None:
-        if not (stale / final.name).is_file():
-            return  # published already (moved in by os.replace)
-        if ready_to_overwrite(stale):
-            os.replace(stale / final.name, final)
-        else:
-            with contextlib.suppress(FileExistsError):
-                os.link(stale / final.name, final)
-    return finish
+def _take_back(final: Path) -> Callable[[Path], None]:
+    """For `recover`: a killed run that published `final` as one of several files, and
+    died before it was done, has its file taken back (the next run writes them all)."""
+    def take_back(stale: Path) -> None:
+        if (stale / GROUP).exists():
+            withdraw(final, stale / final.name)
+    return take_back
 
 
 def recover_file(final: Path) -> None:
     """Deals with what killed writers of `final` left beside it (see `recover`)."""
-    recover(final.parent, _staging_prefix(final), _finish_file(final))
+    recover(final.parent, _staging_prefix(final), _take_back(final))
 
 
 def check_new_file(final: Path, flag: str | None, overwrite: bool, advice: str = AGAIN) -> None:
@@ -434,6 +433,7 @@ def check_writable(final: Path, advice: str = AGAIN) -> None:
     """Fails now, with WriteError naming the OS's reason, if `final` could not be written
     (its folder is read-only, not the user's to write, or out of inodes), rather than
     after the work that makes it. Makes the folder if it is missing."""
+    recover_file(final)
     with reported(final, "write it", advice):
         final.parent.mkdir(parents=True, exist_ok=True)
         Staging(final.parent, _staging_prefix(final)).close()
@@ -443,9 +443,8 @@ def check_writable(final: Path, advice: str = AGAIN) -> None:
 def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
               advice: str = AGAIN) -> Iterator[list[Path]]:
     """Yields a temporary path for each of `finals` ((path, flag) pairs); when the block
-    ends without an error, publishes them all (in order), or none: a refused one
-    withdraws those published before it. Several outputs are marked ready before the
-    first is published, so that a kill between two is finished by the next writer.
+    ends without an error, publishes them all (in order), or none: a refused one takes
+    back those published before it, and so does the next writer after a kill between two.
 
     Every OS failure is reported as WriteError naming the output it was for (in the
     block: the first output); nothing of a failed or refused run stays (its staging
@@ -462,28 +461,28 @@ def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
             with reported(final, "write it", advice):
                 final.parent.mkdir(parents=True, exist_ok=True)
                 stage = stack.enter_context(staging(final.parent, _staging_prefix(final),
-                                                    _finish_file(final)))
+                                                    _take_back(final)))
+                if len(finals) > 1:
+                    (stage.path / GROUP).touch()
             stages.append(stage)
             tmps.append(stage.path / final.name)
         with reported(finals[0][0], "write it", advice):
             yield tmps
-        for (final, _), stage, tmp in zip(finals, stages, tmps):
+        for (final, _), tmp in zip(finals, tmps):
             with reported(final, "write it", advice):
-                if len(finals) > 1:
-                    stage.mark_ready(overwrite)
-                else:
-                    fsync_path(tmp)
-        published: list[tuple[Path, int]] = []
+                fsync_path(tmp)
+        published: list[tuple[Path, Path]] = []
         try:
             for (final, flag), tmp in zip(finals, tmps):
-                inode = os.stat(tmp).st_ino
                 with reported(final, "write it", advice):
                     publish_file(tmp, final, overwrite, flag)
-                published.append((final, inode))
+                published.append((final, tmp))
         except BaseException:
-            for final, inode in published:
-                withdraw(final, inode)
+            for final, tmp in published:
+                withdraw(final, tmp)
             raise
+        for stage in stages:  # all in place: nothing to take back any more
+            (stage.path / GROUP).unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str, flag: str | None = None, overwrite: bool = True,

@@ -497,12 +497,26 @@ def _check_complete_output(output: Path, layers: str, n_lines: int) -> None:
                          f"the input with --layers {layers}; pass --overwrite to replace it")
 
 
-def _finished(output: Path, layers: str, n_lines: int) -> EmbedResult:
-    """A resume of a run whose output is in place: check it, remove what is left of the run."""
+def _finished(output: Path, layers: str, n_lines: int, holding: bool = True) -> EmbedResult:
+    """A resume of a run whose output is in place: check it, remove what is left of the
+    run (if this process does not hold the parts' lock yet, only if it can take it: a
+    run writing there now keeps its parts)."""
     _check_complete_output(output, layers, n_lines)
     parts = parts_dir(output)
-    (parts / RUN_FILE).unlink(missing_ok=True)  # first: without it the rest is leftovers
-    _discard(parts)
+    with contextlib.ExitStack() as lock:
+        if not holding:
+            if not parts.exists():
+                return _resumed(output, n_lines)
+            try:
+                lock.enter_context(locked(parts))
+            except EmbedError:
+                return _resumed(output, n_lines)
+        (parts / RUN_FILE).unlink(missing_ok=True)  # first: without it the rest is leftovers
+        _discard(parts)
+    return _resumed(output, n_lines)
+
+
+def _resumed(output: Path, n_lines: int) -> EmbedResult:
     return EmbedResult(path=output, lines=n_lines, embedded=0, resumed=n_lines, tokens=0,
                        seconds=0.0)
 
@@ -635,7 +649,7 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
     corpus = scan_corpus(input)
     if resume and output.exists() and not has_run:
         # The run was finished: its parts directory goes only after the output is in place.
-        return _finished(output, layers, corpus.lines)
+        return _finished(output, layers, corpus.lines, holding=False)
     loaded = load_module(module)
     width = loaded.width(layers)
     try:

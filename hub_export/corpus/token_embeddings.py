@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import tensorflow as tf
 

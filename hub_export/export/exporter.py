@@ -112,8 +112,11 @@ def _publish(staged: Path, target: Path, archive_path: Path | None, overwrite: b
 
 
 def _finish_publishing(target: Path, archive_path: Path):
-    """For `atomic.recover`: publishes what an export killed while publishing left."""
+    """For `atomic.recover`: publishes what an export killed while publishing left (its
+    staging directory is marked ready: the version and the archive are complete)."""
     def finish(staged: Path) -> None:
+        if not (staged / atomic.READY).exists():
+            return  # killed before its result was complete: removed
         with atomic.publishing(target.parent):
             try:
                 _publish(staged, target, archive_path, atomic.ready_to_overwrite(staged))
