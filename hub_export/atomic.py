@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, OutputExistsError, WriteError
 
 READY = ".ready"  # in a staging directory: every part is complete; publishing has begun
 GROUP = ".group"  # in a staging directory: its file is one of several published together
@@ -52,14 +52,6 @@ AGAIN = " (nothing of it was kept; free space or fix the folder, and run the com
 _REASONS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
             errno.EIO, errno.EXDEV, errno.ENAMETOOLONG, errno.EMFILE, errno.ENOTDIR,
             errno.EISDIR, errno.ENOENT)
-
-
-class WriteError(HubExportError):
-    """The OS refused to write an output (full disk, quota, read-only, no permission)."""
-
-
-class OutputExistsError(HubExportError):
-    """An output is already there and overwriting was not asked for."""
 
 
 # --------------------------------------------------------------------------- messages

@@ -1,4 +1,4 @@
-"""Errors that hub_export raises for bad input.
+"""Errors that hub_export raises for bad input, and for outputs the OS refuses to write.
 
 Every message names the file, key, dataset, input or value that is wrong, so that the
 CLI can print it as it is (no traceback) and tests can pin it with `match=`.
@@ -23,3 +23,27 @@ class InputError(HubExportError, ValueError):
 
 class VocabError(HubExportError, ValueError):
     """A vocabulary file is missing, unreadable, not UTF-8, or breaks a rule its use needs."""
+
+
+class EmbedError(HubExportError, ValueError):
+    """A corpus, module, output or flag of `embed` is missing, unreadable or inconsistent."""
+
+
+class DataError(HubExportError, ValueError):
+    """Training or test files are missing, empty or unreadable."""
+
+
+class TrainingError(HubExportError, ValueError):
+    """A save folder, checkpoint or training setting that cannot be used."""
+
+
+class WriteError(HubExportError):
+    """The OS refused to write an output (full disk, quota, read-only, no permission)."""
+
+
+class OutputExistsError(HubExportError):
+    """An output is already there and overwriting was not asked for."""
+
+
+class ServingReplyError(HubExportError, ValueError):
+    """A TF Serving reply is an error, or is not shaped like a predict reply."""

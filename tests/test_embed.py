@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_export.atomic import OutputExistsError
 from hub_export.corpus.embed import EmbedError, embed, run_record, scan_corpus
 from hub_export.corpus.store import (
     PARTIAL,
@@ -31,6 +30,7 @@ from hub_export.corpus.store import (
     journaled_lines,
     write_json,
 )
+from hub_export.errors import OutputExistsError
 
 from helpers import SMALL_OPTIONS, require_shared_fixture
 

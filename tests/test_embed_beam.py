@@ -12,7 +12,6 @@ import h5py
 import numpy as np
 import pytest
 
-from hub_export.atomic import OutputExistsError
 from hub_export.corpus.beam import _NoMeter, beam_available, embed_beam, read_window, window_specs
 from hub_export.corpus.embed import (
     DEFAULT_MAX_TOKENS,
@@ -23,6 +22,7 @@ from hub_export.corpus.embed import (
     scan_corpus,
 )
 from hub_export.corpus.store import RUN_FILE, EmbedError, Store, parts_dir, write_json
+from hub_export.errors import OutputExistsError
 
 from test_embed import random_corpus
 

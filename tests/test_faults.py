@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hub_export.atomic import WriteError
+from hub_export.errors import WriteError
 
 from forked_cli import FillAt, KillAt, KillAtCall, Run, kill_when
 from helpers import SMALL_OPTIONS, write_model

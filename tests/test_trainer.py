@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_export.atomic import OutputExistsError
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, OutputExistsError
 from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.model.options import load_options
 from hub_export.model.vocab import write_vocab

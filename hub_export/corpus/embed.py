@@ -56,7 +56,6 @@ import numpy as np
 import tensorflow as tf
 
 from hub_export import atomic
-from hub_export.atomic import OutputExistsError
 from hub_export.corpus.store import (
     LOCK_FILE,
     PARTIAL,
@@ -70,7 +69,7 @@ from hub_export.corpus.store import (
     parts_dir,
     write_json,
 )
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, OutputExistsError
 from hub_export.files import sha256_files
 from hub_export.textfiles import decode_line, open_user_file
 

@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from hub_export import atomic
-from hub_export.errors import HubExportError
+from hub_export.errors import EmbedError
 
 SENTENCE_DATASET = "sentence_embeddings"  # the one dataset of layers="default"
 PART_FORMAT = "hub_export.corpus.embed.part/2"
@@ -67,10 +67,6 @@ _RECORD_TAG = b"WIN1"
 # HDF5 reader. (`python benchmarks/bench_embed.py --model default` times embed against the
 # module alone.)
 LIBVER = "earliest"
-
-
-class EmbedError(HubExportError, ValueError):
-    """A corpus, module, output or flag of `embed` is missing, unreadable or inconsistent."""
 
 
 @dataclasses.dataclass

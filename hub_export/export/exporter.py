@@ -29,8 +29,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from hub_export import atomic
-from hub_export.atomic import OutputExistsError
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, OutputExistsError
 from hub_export.export import default_model, module_card, spark_nlp
 from hub_export.export.elmo_module import SAVE_OPTIONS, ElmoModule, ExportConfig, build_saveable
 from hub_export.export.token_cache import TokenCache

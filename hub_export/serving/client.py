@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 import signatures
-from hub_export.errors import HubExportError, InputError
+from hub_export.errors import InputError, ServingReplyError
 
 ROW_FORM = "instances"
 COLUMN_FORM = "inputs"
@@ -38,10 +38,6 @@ SENTENCE_SIGNATURES = (signatures.default.NAME, *signatures.default.ALIASES)
 TOKEN_SIGNATURES = (signatures.tokens.NAME, *signatures.tokens.ALIASES)
 SEQUENCE_LEN = "sequence_len"
 PAD = ""
-
-
-class ServingReplyError(HubExportError, ValueError):
-    """A TF Serving reply is an error, or is not shaped like a predict reply."""
 
 
 # Inputs: validation shared by the REST and the gRPC builders (and hub_export.serving.warmup).

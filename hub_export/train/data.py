@@ -35,14 +35,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from hub_export.errors import HubExportError
+from hub_export.errors import DataError
 from hub_export.model.char_ids import BOS_TOKEN, EOS_TOKEN, token_char_ids
 from hub_export.model.vocab import Vocabulary
 from hub_export.textfiles import read_lines
-
-
-class DataError(HubExportError, ValueError):
-    """Training or test files are missing, empty or unreadable."""
 
 
 def data_files(pattern: str, flag: str) -> list[str]:

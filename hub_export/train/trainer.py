@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from hub_export import atomic
-from hub_export.errors import HubExportError
+from hub_export.errors import TrainingError
 from hub_export.model.options import TRAINING_N_CHARACTERS, BiLMOptions, load_options
 from hub_export.model.vocab import Vocabulary
 from hub_export.model.weights import WeightReader, write_weights
@@ -40,10 +40,6 @@ from hub_export.train.language_model import LanguageModel, initial_softmax, init
 
 OPTIONS_FILE = "options.json"
 VOCAB_FILE = "vocab.json"
-
-
-class TrainingError(HubExportError, ValueError):
-    """A save folder, checkpoint or training setting that cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)
