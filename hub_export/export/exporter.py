@@ -228,8 +228,9 @@ def export(version: int, options_path: str | os.PathLike | None = None,
             raise HubExportError(f"--weights: cannot read {weights_path} to hash it: {e}") from None
     manifest = module_card.manifest(name, version, options, config, source, module)
     parent = target.parent
-    atomic.recover(parent, _staging_prefix(version), _finish_publishing(target, archive_path))
-    stage = atomic.Staging(parent, _staging_prefix(version))
+    with atomic.reported(target, "write the export", _AGAIN):
+        atomic.recover(parent, _staging_prefix(version), _finish_publishing(target, archive_path))
+        stage = atomic.Staging(parent, _staging_prefix(version))
     tmp = stage.path / _SAVED
     try:
         with progress.step(f"saving to {target}"), atomic.reported(target, "write the export",
