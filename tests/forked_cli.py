@@ -148,6 +148,18 @@ def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | 
     run()
 
 
+_STARTED: list["Run"] = []
+
+
+def kill_all() -> None:
+    """SIGKILLs every command still running (a test that failed midway left it)."""
+    while _STARTED:
+        run = _STARTED.pop()
+        if run.alive():
+            run.kill()
+        run.process.join()
+
+
 class Run:
     """A running command. `wait()` gives (exit status, stdout, stderr); killed: -9."""
 
@@ -164,6 +176,7 @@ class Run:
             [str(a) for a in argv], str(cwd), str(self.out), str(self.err), at, user,
             file_size_limit))
         self.process.start()
+        _STARTED.append(self)
 
     @property
     def pid(self) -> int:

@@ -34,7 +34,7 @@ import pytest
 
 from hub_export.errors import WriteError
 
-from forked_cli import FillAt, KillAt, KillAtCall, Run, kill_when
+from forked_cli import FillAt, KillAt, KillAtCall, Run, kill_all, kill_when
 from helpers import SMALL_OPTIONS, write_model
 
 NOBODY = 65534
@@ -78,6 +78,12 @@ class Tmpfs:
             subprocess.run(["umount", "-l", str(self.path)], check=True)
 
 
+@pytest.fixture(autouse=True)
+def no_command_outlives_its_test():
+    yield
+    kill_all()
+
+
 @pytest.fixture
 def tmpfs():
     """Mounts tmpfs file systems (`tmpfs("size=1m")`), unmounted and removed after. They
@@ -96,6 +102,7 @@ def tmpfs():
     try:
         yield mount
     finally:
+        kill_all()  # a test that failed midway may have left a command writing there
         for fs in reversed(mounts):
             fs.unmount()
         shutil.rmtree(root)

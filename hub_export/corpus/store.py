@@ -120,7 +120,8 @@ def locked(parts: Path) -> Iterator[None]:
 def write_part(parts: Path, window: Window, layers: str) -> Path:
     final = parts / f"part-{int(window.lines[0]):012d}.hdf5"
     tmp = parts / f".{final.name}.tmp-{os.getpid()}"
-    with h5py.File(tmp, "w", libver=LIBVER) as f:
+    # The space first, so that a full disk is met here and not inside HDF5 (`atomic.new_hdf5`).
+    with atomic.new_hdf5(tmp, window.values.nbytes + 16 * len(window.lines), 3) as f:
         f.attrs["format"] = PART_FORMAT
         f.attrs["layers"] = layers
         f.create_dataset("line_index", data=window.lines)
