@@ -138,6 +138,16 @@ def assert_one_error_line(stderr: str, pattern: str) -> None:
     assert re.fullmatch(pattern, lines[0]), lines[0]
 
 
+def assert_one_winner(results: list, pattern: str) -> int:
+    """Of runs racing on one target, exactly one exited 0 and every other exited 2 with
+    one error line matching `pattern`; returns the winner's index."""
+    assert sorted(code for code, _, _ in results) == [0] + [2] * (len(results) - 1), results
+    for code, _, stderr in results:
+        if code == 2:
+            assert_one_error_line(stderr, pattern)
+    return next(i for i, (code, _, _) in enumerate(results) if code == 0)
+
+
 def manifest_of(version_dir: Path) -> dict:
     return json.loads((version_dir / "assets.extra" / "manifest.json").read_text())
 
@@ -205,15 +215,9 @@ def test_racing_exports_of_one_version_one_wins(models, tmp_path):
     the others exit 2 naming the version; the version and the archive are the winner's."""
     out = tmp_path / "exported"
     runs = [cli(tmp_path, *export_args(m, out, 1, "--archive")) for m in models]
-    results = [r.wait() for r in runs]
-    codes = sorted(code for code, _, _ in results)
-    assert codes == [0, 2, 2], results
-    winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
-    for code, _, stderr in results:
-        if code == 2:
-            assert_one_error_line(stderr, rf"error: {re.escape(str(out / 'elmo' / '1'))} already "
-                                          r"exists; pass --overwrite to replace it, or choose "
-                                          r"another --version")
+    winner = assert_one_winner([r.wait() for r in runs],
+                               rf"error: {re.escape(str(out / 'elmo' / '1'))} already exists; "
+                               r"pass --overwrite to replace it, or choose another --version")
     version = out / "elmo" / "1"
     assert_export_of(version, models[winner])
     assert archived_manifest(out / "elmo-1.tar.gz") == manifest_of(version)
@@ -389,11 +393,7 @@ def assert_same_embeddings(a: Path, b: Path) -> None:
 def test_racing_embeds_of_one_output_one_wins(embed_job, tmp_path):
     output = tmp_path / "out.hdf5"
     runs = [cli(tmp_path, *embed_args(embed_job, output)) for _ in range(3)]
-    results = [r.wait() for r in runs]
-    assert sorted(code for code, _, _ in results) == [0, 2, 2], results
-    for code, _, stderr in results:
-        if code == 2:
-            assert_one_error_line(stderr, rf"error: .*{re.escape(str(output))}.* already .*")
+    assert_one_winner([r.wait() for r in runs], rf"error: .*{re.escape(str(output))}.* already .*")
     assert_same_embeddings(output, embed_job[2])
     assert sorted(os.listdir(tmp_path)) == ["logs", "out.hdf5"]
 
@@ -511,11 +511,8 @@ def trained(raced_train):
 
 def test_racing_trains_on_one_save_folder_one_wins(raced_train):
     save_dir, results = raced_train
-    assert sorted(code for code, _, _ in results) == [0, 2, 2], results
-    for code, _, stderr in results:
-        if code == 2:
-            assert_one_error_line(stderr, rf"error: --save-dir: {re.escape(str(save_dir))} "
-                                          r"(is already in use|already holds a checkpoint).*")
+    assert_one_winner(results, rf"error: --save-dir: {re.escape(str(save_dir))} "
+                               r"(is already in use|already holds a checkpoint).*")
     assert listed_checkpoints(save_dir) == ["ckpt-5", "ckpt-10", "ckpt-15"]
 
 
@@ -625,12 +622,9 @@ def assert_same_dump(folder: Path, dumped) -> None:
 
 def test_racing_dump_weights_one_wins(trained, dumped, tmp_path):
     out = tmp_path / "out"
-    results = [r.wait() for r in [cli(tmp_path, *dump_args(trained, out)) for _ in range(3)]]
-    assert sorted(code for code, _, _ in results) == [0, 2, 2], results
-    for code, _, stderr in results:
-        if code == 2:
-            assert_one_error_line(stderr, r"error: --(outfile|options-out): .* already exists; "
-                                          r"pass --overwrite to replace it")
+    runs = [cli(tmp_path, *dump_args(trained, out)) for _ in range(3)]
+    assert_one_winner([r.wait() for r in runs], r"error: --(outfile|options-out): .* already "
+                                                r"exists; pass --overwrite to replace it")
     assert_same_dump(out, dumped)
     assert sorted(os.listdir(out)) == ["o.json", "w.hdf5"]
 
@@ -692,12 +686,9 @@ def token_args(job, output: Path, *extra) -> list:
 
 def test_racing_token_dumps_one_wins(token_job, tmp_path):
     output = tmp_path / "tokens.hdf5"
-    results = [r.wait() for r in [cli(tmp_path, *token_args(token_job, output)) for _ in range(3)]]
-    assert sorted(code for code, _, _ in results) == [0, 2, 2], results
-    for code, _, stderr in results:
-        if code == 2:
-            assert_one_error_line(stderr, rf"error: --output: {re.escape(str(output))} already "
-                                          r"exists; pass --overwrite to replace it")
+    runs = [cli(tmp_path, *token_args(token_job, output)) for _ in range(3)]
+    assert_one_winner([r.wait() for r in runs], rf"error: --output: {re.escape(str(output))} "
+                                                r"already exists; pass --overwrite to replace it")
     assert_same_embeddings(output, token_job[2])
     assert sorted(os.listdir(tmp_path)) == ["logs", "tokens.hdf5"]
 
