@@ -132,3 +132,19 @@ def test_module_entry_point_is_the_same(tmp_path):
         "error: embed needs --input, --output, e.g. python -m hub_export embed --module "
         "exported/elmo/3 --input corpus.txt --output embeddings.hdf5",
         "Run 'python -m hub_export embed --help' for its flags."]
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--version", "1", "--options", "o.json"], ["embed", "--module", "m"],
+    ["train", "--vocab", "v.txt", "--restart-from-weights", "o.json"],
+    ["serving-config", "--base", "b", "--no-batching", "--max-batch-size", "8"],
+], ids=["export", "export-options-alone", "embed", "train", "serving-config"])
+def test_usage_errors_come_before_tensorflow_is_imported(argv):
+    """A usage error is instant: TensorFlow (seconds to import) is not loaded for it."""
+    assert cli.main(list(argv)) == 1  # this process has TensorFlow: look in a fresh one
+    code = ("import sys\nfrom hub_export.cli import main\n"
+            f"status = main({list(argv)!r})\n"
+            "print(status, 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.split() == ["1", "False"], proc.stderr

@@ -90,6 +90,7 @@ def test_uncaught_tensorflow_error_is_one_line(monkeypatch, capsys, error, line)
 
     from hub_export.cli import embed
 
+    monkeypatch.setattr(embed, "check", lambda fv: None)
     monkeypatch.setattr(embed, "main", fail)
     assert cli.main(["embed", "--verbose"]) == 2  # (--verbose: no quieting of this process)
     assert capsys.readouterr().err == line + "\n"

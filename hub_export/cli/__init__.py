@@ -4,7 +4,9 @@ The main job takes no command word (`python -m hub_export --version 3`); the oth
 commands are named first (`python -m hub_export embed --module ...`). Each command's
 module under `hub_export/cli/` defines its flags (`define`) on a `flags.FlagValues` of
 its own, so `<command> --help` lists only that command's flags, with its own defaults,
-and a flag means one thing within a command. Flags are spelt with dashes, as the README
+and a flag means one thing within a command; `check` refuses what absl alone cannot (a
+missing flag, flags that go together) before TensorFlow is imported, so that a usage
+error is instant; `main` does the work. Flags are spelt with dashes, as the README
 writes them (`--batch-size`); the underscore spelling and `--no-<flag>` for a boolean
 are accepted too.
 
@@ -179,6 +181,10 @@ def main(argv: list[str]) -> int:
     if rest[1:]:
         return _usage(f"unexpected argument {rest[1]!r} (flags take the form --flag value; "
                       f"the command word comes first)", name)
+    try:
+        module.check(fv)  # what absl cannot check alone, still before TensorFlow loads
+    except UsageError as e:
+        return _usage(str(e), name)
     # Every command reports bad input, and what the OS refuses (a full disk, a read-only
     # or unwritable folder; stdout or stderr redirected to a full disk too), the same way:
     # one line naming it, exit status 2.
@@ -192,8 +198,6 @@ def main(argv: list[str]) -> int:
         status = module.main(fv)
         sys.stdout.flush()
         return status
-    except UsageError as e:
-        return _usage(str(e), name)
     except HubExportError as e:
         message = str(e)
     except Exception as e:

@@ -26,9 +26,12 @@ def define(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("quiet", False, "No progress display on stderr.", flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     require(fv, "dump-token-embeddings", ("options", "weights", "vocab", "output"),
             "--options options.json --weights weights.hdf5 --vocab vocab.txt --output tokens.hdf5")
+
+
+def main(fv: flags.FlagValues) -> int:
     from hub_export.corpus.token_embeddings import dump_token_embeddings
     from hub_export.progress import Progress
 

@@ -22,8 +22,11 @@ def define(fv: flags.FlagValues) -> None:
                       flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     require(fv, "dump-weights", ("save-dir", "outfile"), EXAMPLES[0])
+
+
+def main(fv: flags.FlagValues) -> int:
     from hub_export.train.trainer import dump_weights
 
     print(dump_weights(fv["save-dir"].value, fv.outfile, options_out=fv["options-out"].value,

@@ -51,9 +51,12 @@ def define(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("quiet", False, "No progress line on stderr.", flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     require(fv, "embed", ("module", "input", "output"),
             "--module exported/elmo/3 --input corpus.txt --output embeddings.hdf5")
+
+
+def main(fv: flags.FlagValues) -> int:
     if fv.runner is None:
         from hub_export.corpus.embed import embed
     else:  # the same job as a Beam pipeline

@@ -26,8 +26,11 @@ def define(fv: flags.FlagValues) -> None:
                          flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     require(fv, "evaluate", ("test-prefix", "vocab"), EXAMPLES[0])
+
+
+def main(fv: flags.FlagValues) -> int:
     from hub_export.train.trainer import evaluate
 
     perplexity, n_tokens = evaluate(fv["test-prefix"].value, fv.vocab,

@@ -65,14 +65,16 @@ def define(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("quiet", False, "No progress display on stderr.", flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     if fv.version is None:
         raise UsageError("--version is required: the version number to export, e.g. --version 3")
     if (fv.options is None) != (fv.weights is None):
         raise UsageError("--options and --weights go together: give both, or neither for the "
                          f"built-in default model (got --options={fv.options}, "
                          f"--weights={fv.weights})")
-    # Heavy imports after flag parsing, so that --help and usage errors are instant.
+
+
+def main(fv: flags.FlagValues) -> int:
     from hub_export.export.elmo_module import ExportConfig
     from hub_export.export.exporter import export
     from hub_export.progress import Progress

@@ -42,14 +42,22 @@ def define(fv: flags.FlagValues) -> None:
                          flag_values=fv)
 
 
-def main(fv: flags.FlagValues) -> int:
-    from hub_export.serving.config import Batching, parse_labels, write_batching, write_config
+def _given(fv: flags.FlagValues) -> dict:
+    return {name.replace("-", "_"): fv[name].value for name in BATCHING_FLAGS
+            if fv[name].value is not None}
 
-    given = {name.replace("-", "_"): fv[name].value for name in BATCHING_FLAGS
-             if fv[name].value is not None}
+
+def check(fv: flags.FlagValues) -> None:
+    given = _given(fv)
     if given and not fv.batching:
         raise UsageError(f"--no-batching writes no batching.config, so "
                          f"--{next(iter(given)).replace('_', '-')} has nothing to set")
+
+
+def main(fv: flags.FlagValues) -> int:
+    from hub_export.serving.config import Batching, parse_labels, write_batching, write_config
+
+    given = _given(fv)
     batching = Batching(**given)
     batching.to_proto()  # a bad value stops here, before models.config is written
     versions = None

@@ -73,12 +73,16 @@ def normalise(argv: list[str]) -> list[str]:
     return argv
 
 
-def main(fv: flags.FlagValues) -> int:
+def check(fv: flags.FlagValues) -> None:
     require(fv, "train", ("train-prefix", "vocab", "save-dir"), EXAMPLES[0])
     restart_from = fv["restart-from-weights"].value
     if restart_from is not None and len(restart_from) != 2:
         raise UsageError("--restart-from-weights takes OPTIONS WEIGHTS, e.g. "
                          "--restart-from-weights options.json weights.hdf5")
+
+
+def main(fv: flags.FlagValues) -> int:
+    restart_from = fv["restart-from-weights"].value
     from hub_export.train.trainer import TrainConfig, train
 
     config = TrainConfig(batch_size=fv["batch-size"].value, unroll_steps=fv["unroll-steps"].value,
