@@ -25,11 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hub_export import trainer  # noqa: E402
 from hub_export.export.default_model import OPTIONS  # noqa: E402
 from hub_export.model.options import parse_options  # noqa: E402
 from hub_export.model.vocab import Vocabulary, write_vocab  # noqa: E402
-from hub_export.train import data as lm_data
+from hub_export.train import data as lm_data  # noqa: E402
+from hub_export.train import trainer  # noqa: E402
 from hub_export.train.language_model import LanguageModel, initial_softmax, initial_weights  # noqa: E402
 
 VOCAB_SIZE = 15907  # the recipe's vocabulary
@@ -87,10 +87,11 @@ def main() -> None:
         tokens = BATCH * UNROLL
         train_tps = tokens / statistics.median(times)
         eval_times = []
+        eval_step = trainer.make_eval_step(model)
         for k in range(10):
             b = next(batches)
             t0 = time.perf_counter()
-            _, state = trainer.eval_step(model, b.char_rows, b.token_rows, b.targets, b.weights, state)
+            _, state = eval_step(b.char_rows, b.token_rows, b.targets, b.weights, state)
             if k >= 2:
                 eval_times.append(time.perf_counter() - t0)
         eval_tps = tokens / statistics.median(eval_times)

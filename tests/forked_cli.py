@@ -12,6 +12,11 @@ the child SIGKILL when Python is about to perform a given file operation (e.g. t
 `os.link` that publishes an output), so "killed between writing and publishing" is hit
 every time rather than by luck. The same hook can fill a real (tmpfs) file system at
 such a moment, so that the disk is full exactly when, say, the archive is written.
+
+`run` is the same as `subprocess.run`, for the tests that only need a command's result.
+What only a fresh interpreter shows (TensorFlow's start-up lines kept quiet, a usage
+error that never imports TensorFlow) is tested with real subprocesses
+(`test_cli_output.py`, `test_cli.py`).
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Also modules imported lazily that a child running as another user could not read.
-_CONTEXT.set_forkserver_preload(["tensorflow", "h5py", "numpy.random", "secrets",
+_CONTEXT.set_forkserver_preload(["tensorflow", "tensorflow_hub", "h5py", "numpy.random", "secrets",
                                  "hub_export.__main__", "hub_export.export.exporter", "hub_export.corpus.embed",
                                  "hub_export.train.trainer", "hub_export.corpus.token_embeddings",
                                  "hub_export.serving.config"])
@@ -124,8 +131,12 @@ def _install_hook(action: KillAt | FillAt) -> None:
 
 
 def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | KillAtCall | None,
-           user: int | None, file_size_limit: int | None) -> None:
+           user: int | None, file_size_limit: int | None, code: str | None,
+           env: dict | None) -> None:
     os.chdir(cwd)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     for path, fd in ((out, 1), (err, 2)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
@@ -142,6 +153,10 @@ def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | 
         _install_call_killer(at)
     elif at is not None:
         _install_hook(at)
+    if code is not None:  # `python -c code`
+        sys.argv = ["-c", *argv]
+        exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+        return
     from hub_export.__main__ import run
 
     sys.argv = ["hub_export", *argv]
@@ -161,12 +176,16 @@ def kill_all() -> None:
 
 
 class Run:
-    """A running command. `wait()` gives (exit status, stdout, stderr); killed: -9."""
+    """A running command. `wait()` gives (exit status, stdout, stderr); killed: -9.
+
+    With `code`, the process runs that Python source instead (`python -c code`, `argv`
+    in `sys.argv[1:]`); with `env`, it has that environment instead of the tests'."""
 
     def __init__(self, argv: list[str], cwd: Path, logs: Path,
                  at: KillAt | FillAt | KillAtCall | None = None, user: int | None = None,
                  file_size_limit: int | None = None, stdout: Path | None = None,
-                 stderr: Path | None = None):
+                 stderr: Path | None = None, code: str | None = None,
+                 env: dict | None = None):
         logs.mkdir(parents=True, exist_ok=True)
         stem = f"run-{time.monotonic_ns()}"
         self.out = stdout or logs / f"{stem}.out"
@@ -174,7 +193,7 @@ class Run:
         self.argv = argv
         self.process = _CONTEXT.Process(target=_child, args=(
             [str(a) for a in argv], str(cwd), str(self.out), str(self.err), at, user,
-            file_size_limit))
+            file_size_limit, code, env))
         self.process.start()
         _STARTED.append(self)
 
@@ -203,6 +222,19 @@ class Run:
             return self.err.read_text(errors="replace")
         except FileNotFoundError:  # not started yet
             return ""
+
+
+def run(argv: list, cwd: Path, timeout: float = 300, code: str | None = None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m hub_export *argv` (or `python -c code`) run to its end in `cwd`: what
+    `subprocess.run(..., capture_output=True, text=True)` gives, in milliseconds more
+    than the work rather than seconds."""
+    with tempfile.TemporaryDirectory(prefix="forked-cli-") as logs:
+        started = Run(argv, cwd, Path(logs), code=code, env=env)
+        status, out, err = started.wait(timeout)
+        _STARTED.remove(started)
+    command = ["python", "-c", code] if code is not None else ["python", "-m", "hub_export"]
+    return subprocess.CompletedProcess(command + [str(a) for a in argv], status, out, err)
 
 
 def kill_when(run: Run, condition: Callable[[], bool], timeout: float = 300) -> bool:

@@ -1,9 +1,9 @@
 """Bad inputs: every one fails with a message that names the flag, file or input and the
 value, never with a raw traceback; odd but legal sentences give finite outputs.
 
-Three layers: the CLI (`python -m hub_export`, in a subprocess), the library
-(`hub_export.export.exporter.export`), and the exported module's inputs (the `tokens` and
-`default` signatures and `__call__` of the reloaded SavedModel).
+Three layers: the CLI (`python -m hub_export`, in a process of its own: `forked_cli`),
+the library (`hub_export.export.exporter.export`), and the exported module's inputs (the
+`tokens` and `default` signatures and `__call__` of the reloaded SavedModel).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from hub_export.errors import HubExportError, OptionsError, WeightsError
 from hub_export.export.elmo_module import ExportConfig
 from hub_export.export.exporter import export
 
+import forked_cli
 from helpers import SMALL_OPTIONS, write_model
 
 P = SMALL_OPTIONS["lstm"]["projection_dim"]
@@ -35,8 +35,7 @@ N_LAYERS = SMALL_OPTIONS["lstm"]["n_layers"]
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hub_export", "--quiet", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+    return forked_cli.run(["--quiet", *args], cwd, timeout=120)
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, code: int, pattern: str) -> None:

@@ -32,6 +32,7 @@ from hub_export.corpus.store import (
 )
 from hub_export.errors import OutputExistsError
 
+import forked_cli
 from helpers import SMALL_OPTIONS, require_shared_fixture
 
 ATOL = 1e-6
@@ -195,24 +196,16 @@ def test_sigkilled_run_resumes_to_the_same_file(small_export, tmp_path):
     parts = tmp_path / "out.hdf5.parts"
     flags = ["--module", str(result.path), "--input", str(corpus), "--output", str(output),
              "--batch-size", "16", "--window", "50"]
-    proc = subprocess.Popen([sys.executable, "-m", "hub_export", "embed", "--quiet", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and journaled_lines(parts) < 150:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
+    run = forked_cli.Run(["embed", "--quiet", *flags], tmp_path, tmp_path / "logs")
+    assert forked_cli.kill_when(run, lambda: journaled_lines(parts) >= 150, timeout=120), (
+        run.stderr())
 
     assert not output.exists(), "the run finished before the kill; the test proved nothing"
     assert not list(parts.glob("*.hdf5")), "nothing in the parts directory poses as hdf5"
     saved = journaled_lines(parts)
     assert 150 <= saved < 2000
 
-    resumed = subprocess.run([sys.executable, "-m", "hub_export", "embed", "--resume", *flags],
-                             capture_output=True, text=True, timeout=300)
+    resumed = forked_cli.run(["embed", "--resume", *flags], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == str(output)
     # The saved lines were kept, not recomputed.
@@ -408,21 +401,19 @@ def test_bad_flags(small_export, corpus, tmp_path, kwargs, pattern):
 
 
 def test_cli_reports_errors_without_a_traceback(small_export, tmp_path):
-    run = [sys.executable, "-m", "hub_export", "embed", "--module", str(small_export[0].path),
-           "--output", str(tmp_path / "out.hdf5")]
-    missing = subprocess.run(run + ["--input", str(tmp_path / "nope.txt")], capture_output=True,
-                             text=True, timeout=120)
+    run = ["embed", "--module", str(small_export[0].path), "--output", str(tmp_path / "out.hdf5")]
+    missing = forked_cli.run(run + ["--input", str(tmp_path / "nope.txt")], tmp_path, timeout=120)
     assert missing.returncode == 2, missing.stderr
     assert re.search(r"^error: --input: .*nope\.txt: file not found$", missing.stderr, re.M)
     assert "Traceback" not in missing.stderr and missing.stdout == ""
 
-    usage = subprocess.run(run[:4] + ["--output", "x.hdf5"], capture_output=True, text=True, timeout=60)
+    usage = forked_cli.run(run[:1] + ["--output", "x.hdf5"], tmp_path, timeout=60)
     assert usage.returncode == 1 and "embed needs --module, --input" in usage.stderr
 
     from hub_export.corpus.beam import beam_available
 
-    beam = subprocess.run(run + ["--input", str(tmp_path / "nope.txt"), "--runner", "DirectRunner"],
-                          capture_output=True, text=True, timeout=120)
+    beam = forked_cli.run(run + ["--input", str(tmp_path / "nope.txt"), "--runner", "DirectRunner"],
+                          tmp_path, timeout=120)
     assert beam.returncode == 2 and "Traceback" not in beam.stderr
     want = (r"^error: --input: .*nope\.txt: file not found$" if beam_available()
             else r"^error: --runner: Apache Beam is not installed")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -24,6 +22,7 @@ from hub_export.corpus.embed import (
 from hub_export.corpus.store import RUN_FILE, EmbedError, Store, parts_dir, write_json
 from hub_export.errors import OutputExistsError
 
+import forked_cli
 from test_embed import random_corpus
 
 needs_beam = pytest.mark.skipif(
@@ -65,10 +64,8 @@ def test_direct_runner_equals_the_local_path(small_export, tmp_path, layers):
 def test_cli_runner_and_bad_options(small_export, tmp_path):
     corpus = random_corpus(tmp_path / "corpus.txt", 40, seed=1)
     out = tmp_path / "out.hdf5"
-    ok = subprocess.run([sys.executable, "-m", "hub_export", "embed", "--module",
-                         str(small_export[0].path), "--input", str(corpus), "--output", str(out),
-                         "--runner", "DirectRunner", "--quiet"], capture_output=True, text=True,
-                        timeout=300)
+    ok = forked_cli.run(["embed", "--module", str(small_export[0].path), "--input", str(corpus),
+                         "--output", str(out), "--runner", "DirectRunner", "--quiet"], tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     local = embed(small_export[0].path, corpus, tmp_path / "local.hdf5")
     assert_close_files(out, local.path)

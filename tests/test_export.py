@@ -7,15 +7,10 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -28,6 +23,7 @@ from hub_export.export.elmo_module import ExportConfig
 from hub_export.model.bilm import BiLM
 from hub_export.model.char_ids import batch_sentences
 
+import forked_cli
 from helpers import SMALL_OPTIONS, export_model, write_model
 
 SENTENCES = ["The cat sat on the mat .", "Hello", "", "  spaced   out  words ", "naïve café"]
@@ -253,28 +249,13 @@ def test_existing_version_needs_overwrite(small_export, small_files, tmp_path):
 def test_killed_export_leaves_no_version(small_files, tmp_path):
     """SIGKILL while saving: no <version> directory; the next run succeeds."""
     options_path, weights_path = small_files
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hub_export", "--version", "7", "--options", str(options_path),
-         "--weights", str(weights_path), "--output-dir", str(tmp_path)],
-        stderr=subprocess.PIPE, env=env)
-    # The progress line "[3/3] saving to ..." is written before the save starts and
-    # ends only when it is done, so read raw bytes rather than lines.
-    seen = b""
-    deadline = time.monotonic() + 120
-    while b"saving to" not in seen and time.monotonic() < deadline:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        if not chunk:
-            break
-        seen += chunk
-    assert b"saving to" in seen, seen.decode(errors="replace")
+    run = forked_cli.Run(["--version", "7", "--options", options_path, "--weights",
+                          weights_path, "--output-dir", tmp_path], tmp_path, tmp_path / "logs")
     parent = tmp_path / "elmo"
-    # Kill as soon as tf.saved_model.save has started writing the temporary directory.
-    while time.monotonic() < deadline and not list(parent.glob(".tmp-7-*")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    # Kill as soon as tf.saved_model.save has started writing the temporary directory
+    # (after the progress line "[3/3] saving to ...").
+    assert forked_cli.kill_when(run, lambda: "saving to" in run.stderr() and any(
+        parent.glob(".tmp-7-*")), timeout=120), run.stderr()
     leftovers = [p.name for p in parent.iterdir()]
     assert "7" not in leftovers, "the export finished before the kill; the test proved nothing"
     assert any(name.startswith(".tmp-7-") for name in leftovers), leftovers

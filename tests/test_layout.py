@@ -61,3 +61,25 @@ def test_no_module_imports_another_s_private_names():
     private = [f"{importer}: {imported}.{name}" for importer, imported, names in imports()
                for name in names if name.startswith("_")]
     assert not private, private
+
+
+def test_the_benchmarks_and_tools_import_what_exists():
+    """A module moved or renamed in the package is moved in `benchmarks/` and `tools/`
+    too (they are not imported by any test: an import that no longer resolves would show
+    only when someone re-measures)."""
+    import importlib.util
+
+    root = PACKAGE.parent
+    missing = []
+    for path in [*root.glob("benchmarks/*.py"), *root.glob("tools/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hub_export"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.relative_to(root)}: {node.module}.{a.name}"
+                            for a in node.names if not hasattr(module, a.name) and
+                            importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+            elif isinstance(node, ast.Import):
+                missing += [f"{path.relative_to(root)}: {a.name}" for a in node.names
+                            if a.name.startswith("hub_export")
+                            and importlib.util.find_spec(a.name) is None]
+    assert not missing, "imports that no longer resolve:\n" + "\n".join(missing)

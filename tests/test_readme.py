@@ -5,17 +5,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hub_export.export import default_model
 from hub_export.model.weights import write_weights
+
+import forked_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CI_RUN = Path(__file__).resolve().parents[1] / ".ci" / "run"
@@ -68,8 +67,7 @@ def check_prints(code: str, stdout: str) -> None:
 @pytest.mark.parametrize("index", range(len(blocks("Usage", "python"))))
 def test_usage_python_snippet(usage_dir, index):
     code = blocks("Usage", "python")[index]
-    result = subprocess.run([sys.executable, "-c", code], cwd=usage_dir, capture_output=True,
-                            text=True, timeout=300)
+    result = forked_cli.run([], usage_dir, code=code)  # as `python -c code`
     assert result.returncode == 0, result.stderr[-3000:]
     check_prints(code, result.stdout)
 
@@ -118,12 +116,10 @@ def test_porting_tf2_snippet(porting_dir, index, monkeypatch):
 
 
 def test_usage_cli_commands(usage_dir):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for command in blocks("Usage", "bash"):
         argv = shlex.split(command.replace("\\\n", " "))
         assert argv[:3] == ["python", "-m", "hub_export"]
-        result = subprocess.run([sys.executable] + argv[1:], cwd=usage_dir, capture_output=True,
-                                text=True, env=env, timeout=300)
+        result = forked_cli.run(argv[3:], usage_dir)
         assert result.returncode == 0, result.stderr[-3000:]
     assert (usage_dir / "exported" / "my_elmo" / "1" / "saved_model.pb").exists()
     assert (usage_dir / "exported" / "my_elmo-1.tar.gz").exists()
@@ -198,8 +194,7 @@ def test_training_commands(tmp_path):
     outputs = []
     for command in commands:
         argv = shlex.split(command)
-        result = subprocess.run([sys.executable] + argv[1:], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=600)
+        result = forked_cli.run(argv[3:], tmp_path, timeout=600)
         assert result.returncode == 0, (command, result.stderr[-3000:])
         outputs.append(result)
     assert "held-out perplexity" in outputs[0].stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,8 @@ from hub_export.serving.config import (
     write_batching,
     write_config,
 )
+
+import forked_cli
 
 
 @pytest.fixture
@@ -88,10 +88,8 @@ def parse_batching(path) -> BatchingParameters:
 
 
 def test_cli(base):
-    ok = subprocess.run([sys.executable, "-m", "hub_export", "serving-config", "--base", str(base),
-                         "--versions", "2,3", "--label", "stable=3", "--label", "canary=2",
-                         "--num-batch-threads", "4"],
-                        capture_output=True, text=True)
+    ok = forked_cli.run(["serving-config", "--base", str(base), "--versions", "2,3", "--label",
+                         "stable=3", "--label", "canary=2", "--num-batch-threads", "4"], base)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.splitlines() == [str(base / "models.config"), str(base / "batching.config")]
     assert dict(parse(base / "models.config").model_config_list.config[0].version_labels) == {
@@ -99,21 +97,18 @@ def test_cli(base):
     batching = parse_batching(base / "batching.config")
     assert batching.num_batch_threads.value == 4
     assert batching.max_batch_size.value == Batching.max_batch_size
-    bad = subprocess.run([sys.executable, "-m", "hub_export", "serving-config", "--base", str(base),
-                          "--versions", "3,7"], capture_output=True, text=True)
+    bad = forked_cli.run(["serving-config", "--base", str(base), "--versions", "3,7"], base)
     assert bad.returncode == 2
     assert "error: version 7:" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_without_batching(base):
-    ok = subprocess.run([sys.executable, "-m", "hub_export", "serving-config", "--base", str(base),
-                         "--no-batching"], capture_output=True, text=True)
+    ok = forked_cli.run(["serving-config", "--base", str(base), "--no-batching"], base)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.splitlines() == [str(base / "models.config")]
     assert not (base / "batching.config").exists()
-    clash = subprocess.run([sys.executable, "-m", "hub_export", "serving-config", "--base",
-                            str(base), "--no-batching", "--max-batch-size", "8"],
-                           capture_output=True, text=True)
+    clash = forked_cli.run(["serving-config", "--base", str(base), "--no-batching",
+                            "--max-batch-size", "8"], base)
     assert clash.returncode == 1
     assert "--no-batching writes no batching.config, so --max-batch-size" in clash.stderr
 

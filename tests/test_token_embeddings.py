@@ -8,8 +8,6 @@ sentence, 0 for padding and, without `<UNK>`, for unknown words).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -20,6 +18,7 @@ from hub_export.corpus.token_embeddings import TokenBatcher, dump_token_embeddin
 from hub_export.errors import HubExportError, VocabError
 from hub_export.model.vocab import Vocabulary
 
+import forked_cli
 from helpers import require_shared_fixture
 
 ATOL = 1e-6
@@ -124,10 +123,9 @@ def test_cli_dump_token_embeddings(small_model, tmp_path):
     options_path, weights_path = small_model
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("<S>\n</S>\n<UNK>\nthe\ncat\n")
-    args = [sys.executable, "-m", "hub_export", "dump-token-embeddings", "--options",
-            str(options_path), "--weights", str(weights_path), "--vocab", str(vocab_file),
-            "--output", str(tmp_path / "tokens.hdf5")]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    args = ["dump-token-embeddings", "--options", str(options_path), "--weights",
+            str(weights_path), "--vocab", str(vocab_file), "--output", str(tmp_path / "tokens.hdf5")]
+    done = forked_cli.run(args, tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "tokens.hdf5")
     assert "[2/2] embedding 5 words into" in done.stderr
@@ -135,7 +133,6 @@ def test_cli_dump_token_embeddings(small_model, tmp_path):
         assert f["embedding"].shape == (5, 8)
     # A bad input: exit status 2 and one message, before TensorFlow reads any weights.
     vocab_file.write_text("the\ncat\n")
-    bad = subprocess.run(args[:-1] + [str(tmp_path / "other.hdf5")], capture_output=True,
-                         text=True, timeout=120)
+    bad = forked_cli.run(args[:-1] + [str(tmp_path / "other.hdf5")], tmp_path, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert re.search(r"^error: --vocab: .*vocab\.txt: no <S> or </S> line", bad.stderr, re.M)

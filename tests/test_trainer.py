@@ -7,7 +7,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from hub_export.train.trainer import (
     train,
 )
 
+import forked_cli
 from helpers import export_model
 
 OPTIONS = {
@@ -35,7 +35,7 @@ OPTIONS = {
     "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
              "use_skip_connections": True},
 }
-# 6 epochs of 87 steps: about 15 s on 2 cores.
+# 6 epochs of 87 steps.
 CONFIG = TrainConfig(batch_size=16, unroll_steps=10, n_epochs=6, n_negative_samples=100,
                      checkpoint_every=200, log_every=100, seed=1)
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the children", "a bird"]
@@ -273,8 +273,7 @@ def test_bad_config(field, value, message):
 def test_cli_train_dump_fine_tune(corpus, tmp_path):
     """train, dump-weights and fine-tuning as a user runs them, with bad inputs."""
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "hub_export", *args], capture_output=True,
-                              text=True, timeout=300)
+        return forked_cli.run(list(args), tmp_path, timeout=300)
 
     save = str(tmp_path / "ckpt")
     ok = cli("train", "--train-prefix", corpus["train"], "--vocab", corpus["vocab"], "--options",

@@ -37,7 +37,7 @@ class TokenCache(tf.Module):
         super().__init__(name=name)
         self.bilm = bilm
         C = bilm.options.char_cnn.max_characters_per_token
-        embed = tf.function(bilm.embed_char_rows,
+        embed = tf.function(bilm.embed_char_rows, autograph=False,
                             input_signature=[tf.TensorSpec([None, C], tf.int32)])
         rows = []
         for start in range(0, len(words), _CHUNK):

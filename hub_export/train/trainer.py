@@ -243,31 +243,55 @@ def make_train_step(model: LanguageModel, run: TrainingRun, config: TrainConfig)
         # The state goes on to the next window as a value: gradients stop at the boundary.
         return loss, norm, [(tf.stop_gradient(c), tf.stop_gradient(h)) for c, h in final_state]
 
-    # The distinct tokens vary in number from batch to batch.
-    return tf.function(train_step, reduce_retracing=True)
+    return traced_once(train_step)
 
 
-@tf.function(reduce_retracing=True)
-def eval_step(model, char_rows, token_rows, targets, weights, state):
-    top, final_state = model.top_outputs(char_rows, token_rows, weights, state)
-    losses = model.token_losses(top, targets)
-    return tf.reduce_sum(losses * weights), final_state
+def make_eval_step(model: LanguageModel):
+    def eval_step(char_rows, token_rows, targets, weights, state):
+        top, final_state = model.top_outputs(char_rows, token_rows, weights, state)
+        losses = model.token_losses(top, targets)
+        return tf.reduce_sum(losses * weights), final_state
+
+    return traced_once(eval_step)
+
+
+def traced_once(step):
+    """`step(char_rows, ...)` as a tf.function traced once, at its first call: for that
+    call's shapes, except the number of distinct tokens (the first dimension of
+    `char_rows`), which varies from batch to batch. (Left to find that out itself, with
+    reduce_retracing, TensorFlow traces twice.) The model's code is plain graph code, as
+    the export traces it: autograph's conversion would only add time."""
+    traced = None
+
+    def call(*args):
+        nonlocal traced
+        if traced is None:
+            specs = [tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), a)
+                     for a in args]
+            specs[0] = tf.TensorSpec([None, *args[0].shape[1:]], args[0].dtype)
+            traced = tf.function(step, input_signature=specs, autograph=False)
+        return traced(*args)
+
+    return call
 
 
 def evaluate_model(model: LanguageModel, files: list[str], vocab: Vocabulary, flag: str,
-                   batch_size: int = 128, unroll_steps: int = 20) -> tuple[float, int]:
+                   batch_size: int = 128, unroll_steps: int = 20,
+                   eval_step=None) -> tuple[float, int]:
     """Held-out perplexity: exp of the mean full-softmax cross-entropy over both directions,
     every (input, next token) pair of every sentence counted once, state carried.
+    `eval_step`: `make_eval_step(model)`, made once for several evaluations.
 
     Returns:
         (perplexity, tokens scored per direction).
     """
     batcher = WindowBatcher(sentence_stream(files, flag, shuffle=False, repeat=False), vocab,
                             batch_size, unroll_steps, model.options.char_cnn.max_characters_per_token)
+    eval_step = eval_step or make_eval_step(model)
     state = model.zero_state(batch_size)
     total, count = 0.0, 0
     for batch in batcher:
-        loss_sum, state = eval_step(model, batch.char_rows, batch.token_rows, batch.targets,
+        loss_sum, state = eval_step(batch.char_rows, batch.token_rows, batch.targets,
                                      batch.weights, state)
         total += float(loss_sum)
         count += batch.n_tokens
@@ -409,10 +433,11 @@ def _train_holding(save_dir: str, train_files: list[str], test_files: list[str] 
         f"{' (sampled softmax, ' + str(config.n_negative_samples) + ' negatives)' if sampled else ''}; "
         f"steps {start} -> {total_steps} ({steps_per_epoch} per epoch)")
     held_out = []
+    eval_step = make_eval_step(model)
 
     def evaluate_held_out(step: int) -> None:
         perplexity, n = evaluate_model(model, test_files, vocab, "--test-prefix",
-                                       config.batch_size, config.unroll_steps)
+                                       config.batch_size, config.unroll_steps, eval_step)
         held_out.append((step, perplexity))
         say(f"step {step}: held-out perplexity {perplexity:.2f} over {n:,} tokens")
 
