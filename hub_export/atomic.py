@@ -433,24 +433,29 @@ def check_writable(final: Path, advice: str = AGAIN) -> None:
 
 @contextlib.contextmanager
 def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
-              advice: str = AGAIN) -> Iterator[list[Path]]:
+              advice: str | None = AGAIN) -> Iterator[list[Path]]:
     """Yields a temporary path for each of `finals` ((path, flag) pairs); when the block
     ends without an error, publishes them all (in order), or none: a refused one takes
     back those published before it, and so does the next writer after a kill between two.
 
     Every OS failure is reported as WriteError naming the output it was for (in the
-    block: the first output); nothing of a failed or refused run stays (its staging
-    directories are removed).
+    block: the first output), followed by `advice`; with `advice=None` it is raised as it
+    is, for a caller that words it itself. Nothing of a failed or refused run stays (its
+    staging directories are removed).
 
     Raises:
         OutputExistsError: an output exists and `overwrite` is False.
         WriteError: the OS refused (full disk, read-only, no permission...).
     """
     finals = [(Path(path), flag) for path, flag in finals]
+
+    def report(final: Path):
+        return contextlib.nullcontext() if advice is None else reported(final, "write it", advice)
+
     with contextlib.ExitStack() as stack:
         stages, tmps = [], []
         for final, flag in finals:
-            with reported(final, "write it", advice):
+            with report(final):
                 final.parent.mkdir(parents=True, exist_ok=True)
                 stage = stack.enter_context(staging(final.parent, _staging_prefix(final),
                                                     _take_back(final)))
@@ -458,15 +463,15 @@ def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
                     (stage.path / GROUP).touch()
             stages.append(stage)
             tmps.append(stage.path / final.name)
-        with reported(finals[0][0], "write it", advice):
+        with report(finals[0][0]):
             yield tmps
         for (final, _), tmp in zip(finals, tmps):
-            with reported(final, "write it", advice):
+            with report(final):
                 fsync_path(tmp)
         published: list[tuple[Path, Path]] = []
         try:
             for (final, flag), tmp in zip(finals, tmps):
-                with reported(final, "write it", advice):
+                with report(final):
                     publish_file(tmp, final, overwrite, flag)
                 published.append((final, tmp))
         except BaseException:
@@ -478,7 +483,7 @@ def new_files(finals: Sequence[tuple[Path, str | None]], overwrite: bool,
 
 
 def write_text(path: Path, text: str, flag: str | None = None, overwrite: bool = True,
-               advice: str = AGAIN) -> None:
+               advice: str | None = AGAIN) -> None:
     """Writes a small text file atomically (complete or absent), replacing by default."""
     with new_files([(Path(path), flag)], overwrite, advice) as (tmp,):
         tmp.write_text(text, encoding="utf-8")

@@ -92,7 +92,8 @@ def test_read_window_leaves_out_saved_lines(tmp_path):
 @needs_beam
 def test_resume_embeds_only_what_an_interrupted_merge_left(small_export, tmp_path):
     """A merge killed midway: its journal holds whole and partial windows of the pipeline's
-    grid; the Beam run with --resume embeds only the other lines and equals the local path."""
+    grid; the Beam run with --resume embeds only the other lines and equals the local path.
+    What a killed worker left of a part is removed."""
     module = small_export[0].path
     corpus = random_corpus(tmp_path / "corpus.txt", 100, seed=3)
     local = embed(module, corpus, tmp_path / "local.hdf5", layers="all", batch_size=16)
@@ -107,9 +108,15 @@ def test_resume_embeds_only_what_an_interrupted_merge_left(small_export, tmp_pat
         store.add(embed_window(loaded, [(i, texts[i].split()) for i in lines], "all", 16,
                                 DEFAULT_MAX_TOKENS, _NoMeter()))
     store.close()
+    # A worker of a run with other windows, killed while writing a part, left its
+    # staging folder (nobody holds it).
+    stale = parts / ".part-000000000070.hdf5.tmp-killed"
+    stale.mkdir()
+    (stale / "part-000000000070.hdf5").write_bytes(b"half a part")
     said = io.StringIO()
     result = embed_beam(module, corpus, output, layers="all", batch_size=16, window=32,
                         resume=True, progress=said)
+    assert not stale.exists()
     # Windows 0-31 (saved), 32-63 (partly: 40-49 and 56-63 to do), 64-95, 96-99. A line
     # embedded twice would make the merge refuse its part.
     assert "DirectRunner: 3 window(s) of up to 32 lines to embed" in said.getvalue()

@@ -428,7 +428,7 @@ EMBED_MOMENTS = {
     # The output is complete in the parts directory, not yet linked into place.
     "publishing": KillAt("os.link", "output.complete"),
     # The output is in place; the parts directory is not yet removed.
-    "cleaning up": KillAt("os.remove", "run.json"),
+    "cleaning up": KillAt("os.remove", "parts/run.json"),
 }
 
 

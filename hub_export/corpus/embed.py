@@ -676,8 +676,8 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
                 return _finished(output, layers, corpus.lines)
         else:
             start_afresh(parts, run)
-        for stray in parts.glob(".*.tmp-*"):  # a part or run.json a kill cut short
-            stray.unlink()
+        # What a kill left of a part or run.json being written (their staging folders).
+        atomic.recover(parts, ".")
 
         note = (lambda text: progress.write(f"embed: {text}\n")) if progress is not None else (
             lambda text: None)

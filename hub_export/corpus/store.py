@@ -14,7 +14,8 @@ The output is never written under its final name. `<output>.parts/` holds:
   right after the output is in place, so a parts directory without it holds nothing of
   value.
 * `part-<first line>.hdf5`: a window saved by a worker of the Beam pipeline (`corpus.beam`),
-  written under a temporary name, flushed and renamed, so a part is complete or absent.
+  written in a staging folder, synced and renamed into place (`atomic.new_files`), so a
+  part is complete or absent.
   `embed --resume` moves each into `output.partial` (its record journaled, then the part
   deleted).
 
@@ -91,11 +92,9 @@ def parts_dir(output: Path) -> Path:
 
 
 def write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    atomic.fsync_path(tmp)
-    os.replace(tmp, path)
-    atomic.fsync_path(path.parent)
+    """Writes (or replaces) `path` atomically; an OS failure is raised as it is (the
+    embed run says how to go on: `embed.writing`)."""
+    atomic.write_text(path, json.dumps(value, indent=2) + "\n", advice=None)
 
 
 @contextlib.contextmanager
@@ -119,17 +118,15 @@ def locked(parts: Path) -> Iterator[None]:
 
 def write_part(parts: Path, window: Window, layers: str) -> Path:
     final = parts / f"part-{int(window.lines[0]):012d}.hdf5"
-    tmp = parts / f".{final.name}.tmp-{os.getpid()}"
-    # The space first, so that a full disk is met here and not inside HDF5 (`atomic.new_hdf5`).
-    with atomic.new_hdf5(tmp, window.values.nbytes + 16 * len(window.lines), 3) as f:
-        f.attrs["format"] = PART_FORMAT
-        f.attrs["layers"] = layers
-        f.create_dataset("line_index", data=window.lines)
-        f.create_dataset("n_tokens", data=window.n_tokens)
-        f.create_dataset("values", data=window.values)
-    atomic.fsync_path(tmp)
-    os.replace(tmp, final)
-    atomic.fsync_path(parts)
+    # Complete or absent (an OS failure is raised as it is, as in `write_json`); the space
+    # first, so that a full disk is met there and not inside HDF5 (`atomic.new_hdf5`).
+    with atomic.new_files([(final, None)], overwrite=True, advice=None) as (tmp,):
+        with atomic.new_hdf5(tmp, window.values.nbytes + 16 * len(window.lines), 3) as f:
+            f.attrs["format"] = PART_FORMAT
+            f.attrs["layers"] = layers
+            f.create_dataset("line_index", data=window.lines)
+            f.create_dataset("n_tokens", data=window.n_tokens)
+            f.create_dataset("values", data=window.values)
     return final
 
 
