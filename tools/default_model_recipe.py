@@ -102,11 +102,9 @@ def prepare(sotu_dir: str, out_dir: str) -> dict:
     return summary
 
 
-# Why 256 cells and not 512 (the most that fits the 10 MB cap with these filters): after
-# the same 300 steps from the same seed, both score the same held-out perplexity (811.3
-# with 512 cells, 9.8 MB; 811.4 with 256, 5.1 MB), and 256 cells train 1.6x faster
-# (145 s against 233 s for those steps on this machine): half the size, and more epochs
-# in the same training time.
+# Why 256 cells and not 512 (the most that fits the 10 MB cap with these filters), as
+# recorded in recipe.json; the measurement and the commands that repeat it are in
+# benchmarks/RESULTS.md ("Choosing the built-in model's size").
 CHOICE = ("LSTM 256 cells projected to 128 rather than 512: after the same 300 steps from "
           "the same seed both score the same held-out perplexity (811.4 with 256 cells, "
           "5.1 MB; 811.3 with 512, 9.8 MB), and 256 cells train 1.6x faster (145 s against "
