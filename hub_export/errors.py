@@ -47,3 +47,9 @@ class OutputExistsError(HubExportError):
 
 class ServingReplyError(HubExportError, ValueError):
     """A TF Serving reply is an error, or is not shaped like a predict reply."""
+
+
+class UsageError(Exception):
+    """A command line that does not say what to do: a flag's form, a missing flag (the
+    CLI prints it with the `--help` to read, exit status 1; not a HubExportError, which is
+    bad input, exit status 2)."""

@@ -83,3 +83,14 @@ def test_the_benchmarks_and_tools_import_what_exists():
                             if a.name.startswith("hub_export")
                             and importlib.util.find_spec(a.name) is None]
     assert not missing, "imports that no longer resolve:\n" + "\n".join(missing)
+
+
+def test_error_classes_are_in_errors_py():
+    elsewhere = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                    for b in node.bases) and path.name != "errors.py":
+                elsewhere.append(f"{path.relative_to(PACKAGE)}: {node.name}")
+    assert not elsewhere, f"error classes outside hub_export/errors.py: {elsewhere}"

@@ -34,15 +34,11 @@ from absl import flags
 from absl import logging as absl_logging
 
 from hub_export.atomic import ReportedStream, drop_unwritable_streams, failure_message
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, UsageError
 
 PROG = "python -m hub_export"
 # Set to anything but "" or "0": the same as --verbose.
 VERBOSE_ENV = "HUB_EXPORT_VERBOSE"
-
-
-class UsageError(Exception):
-    """A command line that does not say what to do: a flag's form, a missing flag."""
 
 
 def _commands() -> dict[str, ModuleType]:

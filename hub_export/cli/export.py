@@ -6,8 +6,7 @@ import sys
 
 from absl import flags
 
-from hub_export.cli import UsageError
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, UsageError
 
 SUMMARY = "Export a biLM as a versioned TF Hub-style SavedModel: <output-dir>/<name>/<version>/"
 EXAMPLES = (

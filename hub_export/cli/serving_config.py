@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from hub_export.cli import UsageError
-from hub_export.errors import HubExportError
+from hub_export.errors import HubExportError, UsageError
 
 SUMMARY = ("Write <base>/models.config for TF Serving, covering the versions on disk, and "
            "<base>/batching.config for its request batching")

@@ -6,7 +6,8 @@ import sys
 
 from absl import flags
 
-from hub_export.cli import UsageError, require
+from hub_export.cli import require
+from hub_export.errors import UsageError
 
 SUMMARY = "Train a biLM (bilm-tf's scheme); --restart continues it"
 EXAMPLES = ("--train-prefix 'data/train/*.txt' --vocab vocab.txt --options options.json "
