@@ -10,8 +10,9 @@ the server answers, for both of TF Serving's APIs:
   `parse_predict_response` reads the `PredictResponse`.
 
 `rest_body_to_feeds` applies the server's REST decoding rules to a body, giving the
-arrays TF Serving would feed the signature; the tests use it to run REST bodies
-through the same session-based loader the server uses.
+arrays TF Serving would feed the signature (or the error it would refuse the body
+with), so that a body can be checked without a server; `request_feeds` gives the arrays
+a gRPC request carries. The tests feed both to the session-based loader the server uses.
 
 Sentences go to the `default` signature (or its alias `serving_default`); tokens go to
 `tokens`, with each row padded with "" to the longest and `sequence_len` (int32) the
