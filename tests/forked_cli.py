@@ -34,10 +34,10 @@ from typing import Callable
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Also modules imported lazily that a child running as another user could not read.
-_CONTEXT.set_forkserver_preload(["tensorflow", "tensorflow_hub", "h5py", "numpy.random", "secrets",
-                                 "hub_export.__main__", "hub_export.export.exporter", "hub_export.corpus.embed",
-                                 "hub_export.train.trainer", "hub_export.corpus.token_embeddings",
-                                 "hub_export.serving.config"])
+_CONTEXT.set_forkserver_preload([
+    "tensorflow", "tensorflow_hub", "h5py", "numpy.random", "secrets", "hub_export.__main__",
+    "hub_export.export.exporter", "hub_export.corpus.embed", "hub_export.train.trainer",
+    "hub_export.corpus.token_embeddings", "hub_export.serving.config"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +131,8 @@ def _install_hook(action: KillAt | FillAt) -> None:
 
 
 def _child(argv: list[str], cwd: str, out: str, err: str, at: KillAt | FillAt | KillAtCall | None,
-           user: int | None, file_size_limit: int | None, code: str | None,
-           env: dict | None) -> None:
+           user: int | None, file_size_limit: int | None, code: str | None) -> None:
     os.chdir(cwd)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
     for path, fd in ((out, 1), (err, 2)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
@@ -179,13 +175,12 @@ class Run:
     """A running command. `wait()` gives (exit status, stdout, stderr); killed: -9.
 
     With `code`, the process runs that Python source instead (`python -c code`, `argv`
-    in `sys.argv[1:]`); with `env`, it has that environment instead of the tests'."""
+    in `sys.argv[1:]`)."""
 
     def __init__(self, argv: list[str], cwd: Path, logs: Path,
                  at: KillAt | FillAt | KillAtCall | None = None, user: int | None = None,
                  file_size_limit: int | None = None, stdout: Path | None = None,
-                 stderr: Path | None = None, code: str | None = None,
-                 env: dict | None = None):
+                 stderr: Path | None = None, code: str | None = None):
         logs.mkdir(parents=True, exist_ok=True)
         stem = f"run-{time.monotonic_ns()}"
         self.out = stdout or logs / f"{stem}.out"
@@ -193,7 +188,7 @@ class Run:
         self.argv = argv
         self.process = _CONTEXT.Process(target=_child, args=(
             [str(a) for a in argv], str(cwd), str(self.out), str(self.err), at, user,
-            file_size_limit, code, env))
+            file_size_limit, code))
         self.process.start()
         _STARTED.append(self)
 
@@ -224,13 +219,13 @@ class Run:
             return ""
 
 
-def run(argv: list, cwd: Path, timeout: float = 300, code: str | None = None,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+def run(argv: list, cwd: Path, timeout: float = 300,
+        code: str | None = None) -> subprocess.CompletedProcess:
     """`python -m hub_export *argv` (or `python -c code`) run to its end in `cwd`: what
     `subprocess.run(..., capture_output=True, text=True)` gives, in milliseconds more
     than the work rather than seconds."""
     with tempfile.TemporaryDirectory(prefix="forked-cli-") as logs:
-        started = Run(argv, cwd, Path(logs), code=code, env=env)
+        started = Run(argv, cwd, Path(logs), code=code)
         status, out, err = started.wait(timeout)
         _STARTED.remove(started)
     command = ["python", "-c", code] if code is not None else ["python", "-m", "hub_export"]

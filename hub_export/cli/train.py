@@ -83,8 +83,9 @@ def check(fv: flags.FlagValues) -> None:
 
 
 def main(fv: flags.FlagValues) -> int:
-    restart_from = fv["restart-from-weights"].value
     from hub_export.train.trainer import TrainConfig, train
+
+    restart_from = fv["restart-from-weights"].value
 
     config = TrainConfig(batch_size=fv["batch-size"].value, unroll_steps=fv["unroll-steps"].value,
                          n_epochs=fv.epochs, n_train_tokens=fv["n-train-tokens"].value,
