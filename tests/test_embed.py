@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_export.corpus.embed import EmbedError, embed, run_record, scan_corpus
+from hub_export.corpus.embed import Buffers, EmbedError, embed, run_record, scan_corpus
 from hub_export.corpus.store import (
     PARTIAL,
     RUN_FILE,
@@ -119,6 +119,18 @@ def test_default_layer_equals_the_module(fixture_run):
     rows = [i for i, line in enumerate(lines) if line]
     np.testing.assert_allclose(table[rows], np.stack([o["default"] for o in expected]),
                                rtol=0, atol=ATOL)
+
+
+def test_window_memory_is_used_again_once_written_and_only_where_it_fits():
+    buffers = Buffers()
+    first, second = buffers.take((10, 4)), buffers.take((10, 4))
+    assert not np.shares_memory(first, second)  # two windows in flight: two arrays
+    buffers.give(first)
+    smaller = buffers.take((6, 4))
+    assert smaller.shape == (6, 4) and np.shares_memory(smaller, first)
+    buffers.give(smaller)
+    larger = buffers.take((40, 4))
+    assert larger.shape == (40, 4) and not np.shares_memory(larger, first)
 
 
 def test_long_lines_are_embedded_in_pieces(small_export, tmp_path):

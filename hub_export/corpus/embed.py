@@ -21,7 +21,7 @@ batches of `batch_size`, so little padding is computed. Each window's outputs ar
 as the batches come, in the byte order of the output file, and written once, by a thread
 whose file writes release the GIL while the module computes (see `corpus.store`). Memory
 holds at most three windows (one computed, one queued, one being written), whatever the
-corpus size.
+corpus size; a written window's memory is used again for the next (`Buffers`).
 
 Long lines: a line of more than `max_tokens` tokens is cut into consecutive pieces of at
 most `max_tokens` tokens, each embedded as a sentence of its own (the LSTMs start from
@@ -137,7 +137,9 @@ class LoadedModule:
         for row, sentence in enumerate(sentences):
             tokens[row, : len(sentence)] = sentence
         out = self.fn(tokens=tf.constant(tokens, tf.string), sequence_len=tf.constant(lengths))
-        return {name: out[name].numpy() for name in names}
+        # np.asarray, not .numpy(): a read-only view of the tensor's memory, where .numpy()
+        # copies it (`python benchmarks/bench_embed.py` times embed against the module).
+        return {name: np.asarray(out[name]) for name in names}
 
 
 def check_module_dir(path: str | os.PathLike) -> Path:
@@ -269,19 +271,51 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class Buffers:
+    """Memory for windows' values, used again once a window is written.
+
+    A window's values are tens of MB. A new array of that size is pages the kernel must
+    find and zero as the copies first touch them, for every window, while the module
+    waits; an array a written window gave back is ready. (`python
+    benchmarks/bench_embed.py` times embed against the module alone.) At most one array
+    per window in flight is kept.
+    """
+
+    def __init__(self):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:
+        """An uninitialised float32 array of `shape`."""
+        size = shape[0] * shape[1]
+        try:
+            memory = self._free.get_nowait()
+        except queue.Empty:
+            memory = None
+        if memory is None or memory.size < size:
+            # Room for a somewhat larger window too, so that most windows find a fit.
+            memory = np.empty(size + size // 4, np.float32)
+        return memory[:size].reshape(shape)
+
+    def give(self, values: np.ndarray) -> None:
+        """Returns the memory of an array `take` gave, once nothing reads it any more."""
+        self._free.put(values.base if values.base is not None else values)
+
+
 def embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], layers: str,
-                  batch_size: int, max_tokens: int, meter: "_Meter") -> Window:
+                  batch_size: int, max_tokens: int, meter: "_Meter",
+                  buffers: Buffers | None = None) -> Window:
     n_tokens = np.fromiter((len(tokens) for _, tokens in window), np.int64, len(window))
     offsets = np.concatenate([[0], np.cumsum(n_tokens)])  # line k's tokens start here
     width = module.width(layers)
     P = module.word_dim
     J = module.n_layers + 1
-    if layers == "all":  # line after line, its [J, n, 2P] block: the bytes the output holds
-        values = np.empty((J * int(offsets[-1]), width), np.float32)
-    elif layers == "elmo":
-        values = np.empty((int(offsets[-1]), width), np.float32)
-    else:  # empty lines keep their zero row: the module's `default` of no tokens
-        values = np.zeros((len(window), width), np.float32)
+    # all: line after line, its [J, n, 2P] block (the bytes the output holds); elmo: its
+    # [n, E] block; default: a row a line.
+    rows = {"all": J * int(offsets[-1]), "elmo": int(offsets[-1]), "default": len(window)}[layers]
+    values = (np.empty((rows, width), np.float32) if buffers is None
+              else buffers.take((rows, width)))
+    if layers == "default":
+        values[:] = 0  # empty lines keep their zero row: the module's `default` of no tokens
 
     # Every piece of every line: its line (in the window), where it starts in the line,
     # and its tokens.
@@ -296,6 +330,7 @@ def embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], laye
     piece_len = np.fromiter(map(len, piece_tokens), np.int64, len(piece_tokens))
     names = {"all": ["word_emb"] + [f"lstm_outputs{j}" for j in range(1, module.n_layers + 1)],
              "elmo": ["elmo"], "default": ["default"]}[layers]
+    line_start, line_len = offsets.tolist(), n_tokens.tolist()
     for batch in length_batches(piece_len.tolist(), batch_size):
         batch = np.asarray(batch)
         n, k = piece_len[batch], piece_line[batch]
@@ -306,23 +341,22 @@ def embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], laye
             # A piece of a long line: weighted by its tokens, divided by the line's below.
             np.add.at(values, k[~whole], out["default"][~whole] * n[~whole, None])
         else:
-            # Real tokens of the batch, row after row, and where each goes in `values`:
-            # one gather and one scatter per output instead of a copy per sentence.
-            real = np.arange(out[names[0]].shape[1])[None, :] < n[:, None]  # [B, T]
-            # Each real token's place in its line.
-            in_line = np.repeat(piece_start[batch] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) \
-                + np.arange(n.sum())
-            line = np.repeat(k, n)
-            if layers == "all":
-                # Layer j of token t of line k: row J * offsets[k] + j * n_k + t.
-                row = J * offsets[line] + in_line
-                word = out["word_emb"][real]  # [sum n, P]
-                values[row, :P] = word
-                values[row, P:] = word
-                for layer in range(1, J):
-                    values[row + layer * n_tokens[line]] = out[f"lstm_outputs{layer}"][real]
-            else:
-                values[offsets[line] + in_line] = out["elmo"][real]
+            # Each piece's rows, copied once into their place in the line's block (slices:
+            # a copy of a few rows at a time, where a gather and a scatter of the batch's
+            # rows would copy every value twice).
+            outputs = [out[name] for name in names]
+            for row, (line, start, m) in enumerate(zip(k.tolist(), piece_start[batch].tolist(),
+                                                       n.tolist())):
+                first, count = line_start[line], line_len[line]
+                if layers == "elmo":
+                    values[first + start: first + start + m] = outputs[0][row, :m]
+                else:
+                    block = values[J * first: J * (first + count)].reshape(J, count, width)
+                    word = outputs[0][row, :m]
+                    block[0, start: start + m, :P] = word
+                    block[0, start: start + m, P:] = word
+                    for layer in range(1, J):
+                        block[layer, start: start + m] = outputs[layer][row, :m]
         meter.add(lines=int(np.sum(piece_start[batch] + n == n_tokens[k])), tokens=int(n.sum()))
     if layers == "default":
         split = n_tokens > max_tokens
@@ -355,10 +389,11 @@ class _Writer(threading.Thread):
     queued, one being written.
     """
 
-    def __init__(self, parts: Path, store: Store):
+    def __init__(self, parts: Path, store: Store, buffers: Buffers):
         super().__init__(name="hub_export-embed-writer", daemon=True)
         self.parts = parts
         self.store = store
+        self.buffers = buffers
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
@@ -369,6 +404,7 @@ class _Writer(threading.Thread):
                 return
             try:
                 self.store.add(window)
+                self.buffers.give(window.values)
             except BaseException as e:  # handed to the main thread, raised there
                 self.error = e
                 return
@@ -692,11 +728,13 @@ def embed(module: str | os.PathLike, input: str | os.PathLike, output: str | os.
                 progress.write(f"embed: {resumed:,} of {corpus.lines:,} lines were already "
                                f"embedded in {parts}; embedding the rest\n")
             meter = _Meter(corpus.lines, resumed, progress)
-            writer = _Writer(parts, store)
+            buffers = Buffers()
+            writer = _Writer(parts, store, buffers)
             writer.start()
             try:
                 for lines in _windows(read_corpus(corpus.path), done.copy() if resumed else None, window):
-                    writer.put(embed_window(loaded, lines, layers, batch_size, max_tokens, meter))
+                    writer.put(embed_window(loaded, lines, layers, batch_size, max_tokens, meter,
+                                            buffers))
                 writer.close()
             finally:
                 if writer.is_alive():  # stopped by an error: let it drain, keep what it saved

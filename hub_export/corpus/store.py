@@ -364,17 +364,23 @@ class Store:
     def _add_lines(self, f: h5py.File, lines: np.ndarray, n_tokens: np.ndarray,
                    flat: np.ndarray) -> None:
         # h5py's low-level calls: the high-level `create_dataset` spends most of its time
-        # on argument handling that these fixed float32 datasets do not need.
+        # on argument handling that these fixed float32 datasets do not need. One dataspace
+        # per shape, and the memory type given: h5py would otherwise make both anew for
+        # every line, about a quarter of the time a line takes here (`python
+        # benchmarks/bench_embed.py` times embed against the module alone).
         dcpl = _dataset_plist()
         per_token = int(np.prod(self.lead, dtype=np.int64)) * self.width
+        spaces: dict[int, h5py.h5s.SpaceID] = {}
         at = 0
         for line, n in zip(lines.tolist(), n_tokens.tolist()):
-            shape = self._shape(n)
-            dataset = h5py.h5d.create(f.id, str(line).encode(), h5py.h5t.IEEE_F32LE,
-                                      h5py.h5s.create_simple(shape), dcpl=dcpl)
+            space = spaces.get(n)
+            if space is None:
+                space = spaces[n] = h5py.h5s.create_simple(self._shape(n))
+            dataset = h5py.h5d.create(f.id, str(line).encode(), h5py.h5t.IEEE_F32LE, space,
+                                      dcpl=dcpl)
             if n:
-                block = flat[at: at + n * per_token].reshape(shape)
-                dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, block)
+                dataset.write(space, space, flat[at: at + n * per_token],
+                              mtype=h5py.h5t.NATIVE_FLOAT)
                 at += n * per_token
 
     def add_part(self, path: Path) -> None:
