@@ -1,6 +1,7 @@
 """Cost of `python -m hub_export embed` on a large corpus: memory growth and speed.
 
     python benchmarks/bench_embed.py [--model default] [--lines 100000] [--batch-size 64] [--layers all]
+                                     [--repeats 1]
 
 Exports a model into a temporary directory (`--model default`: the built-in default
 model, the smallest real model a user has; `--model fixture`: the 16-wide bilm-tf
@@ -15,8 +16,10 @@ work), writes a seeded corpus of synthetic sentences (lengths 1..60 tokens, abou
   size, its `tokens` signature called on batches already built as tensors: (a) the
   same length-sorted batches embed makes, over the whole corpus, in a fresh process
   timed from its first batch as embed is, before and after the embed run (the mean is
-  used: a shared machine's speed drifts); (b) batches of consecutive lines, padded to
-  their longest (what calling the module on the corpus in order gives).
+  used: a shared machine's speed drifts; `--repeats N` runs embed N times, each between
+  two timings of the module, and prints each ratio and their median); (b) batches of
+  consecutive lines, padded to their longest (what calling the module on the corpus in
+  order gives).
 
 This is a script that prints figures, not a test.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +153,8 @@ def main() -> None:
     parser.add_argument("--layers", default="all", choices=["all", "elmo", "default"])
     parser.add_argument("--in-order-lines", type=int, default=20_000,
                         help="lines used to time the module on consecutive-line batches")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="embed runs, each between two timings of the module alone")
     args = parser.parse_args()
     files = (None, None)
     if args.model == "fixture":
@@ -168,27 +174,40 @@ def main() -> None:
                 g.write(line)
 
         few = run_embed(module, small, tmp / "small.hdf5", args.layers, args.batch_size)
-        # The module is timed before and after embed and the mean used: a shared
-        # machine's speed drifts within minutes.
-        before = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
-        many = run_embed(module, big, tmp / "big.hdf5", args.layers, args.batch_size)
-        after = time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")
+        # Each embed run is timed between two timings of the module alone, and compared
+        # with their mean: a shared machine's speed drifts within minutes.
+        modules = [time_module(module, big, args.batch_size, args.layers, args.lines, "sorted")]
+        runs = []
+        for _ in range(args.repeats):
+            (tmp / "big.hdf5").unlink(missing_ok=True)
+            runs.append(run_embed(module, big, tmp / "big.hdf5", args.layers, args.batch_size))
+            modules.append(time_module(module, big, args.batch_size, args.layers, args.lines,
+                                       "sorted"))
         size_mb = (tmp / "big.hdf5").stat().st_size / 2**20
         in_order = time_module(module, big, args.batch_size, args.layers, args.in_order_lines,
                                "in_order")
 
-    rate = many["tokens"] / many["seconds"]
+    many = runs[0]
+    peak = max(run["peak_rss_mb"] for run in runs)
     print(f"corpus: {many['lines']:,} lines, {many['tokens']:,} tokens; {args.model} model; "
           f"--layers {args.layers} --batch-size {args.batch_size}; {os.cpu_count()} CPUs")
     print(f"peak RSS of the embed process: {few['peak_rss_mb']:.0f} MB for {few['lines']:,} "
-          f"lines, {many['peak_rss_mb']:.0f} MB for {many['lines']:,} lines: growth {many['peak_rss_mb'] - few['peak_rss_mb']:+.0f} MB "
+          f"lines, {peak:.0f} MB for {many['lines']:,} lines: growth {peak - few['peak_rss_mb']:+.0f} MB "
           "(limit +200 MB)")
-    print(f"embed: {rate:,.0f} tokens/s, {many['lines'] / many['seconds']:,.0f} sentences/s, "
-          f"{many['seconds']:.1f} s, output {size_mb:,.0f} MB")
-    own = (before + after) / 2
-    print(f"module alone, embed's length-sorted batches, all {args.lines:,} lines, fresh process: "
-          f"{own:,.0f} tokens/s (before {before:,.0f}, after {after:,.0f}); "
-          f"embed/module = {rate / own:.2f}")
+    ratios = []
+    for i, run in enumerate(runs):
+        rate = run["tokens"] / run["seconds"]
+        own = (modules[i] + modules[i + 1]) / 2
+        ratios.append(rate / own)
+        print(f"embed run {i + 1}: {rate:,.0f} tokens/s, {run['lines'] / run['seconds']:,.0f} "
+              f"sentences/s, {run['seconds']:.1f} s, output {size_mb:,.0f} MB; module alone "
+              f"(embed's length-sorted batches, all {args.lines:,} lines, fresh process) "
+              f"{own:,.0f} tokens/s (before {modules[i]:,.0f}, after {modules[i + 1]:,.0f}): "
+              f"embed/module = {ratios[-1]:.2f}")
+    if len(runs) > 1:
+        print(f"embed/module over {len(runs)} runs: median {statistics.median(ratios):.2f}, "
+              f"range {min(ratios):.2f}-{max(ratios):.2f}")
+    rate = sum(run["tokens"] for run in runs) / sum(run["seconds"] for run in runs)
     print(f"module alone, batches of consecutive lines, first {args.in_order_lines:,} lines: "
           f"{in_order:,.0f} tokens/s; embed/module = {rate / in_order:.2f}")
 
