@@ -298,7 +298,7 @@ class Buffers:
 
     def give(self, values: np.ndarray) -> None:
         """Returns the memory of an array `take` gave, once nothing reads it any more."""
-        self._free.put(values.base if values.base is not None else values)
+        self._free.put(values.base)  # `take` gives views of the memory it keeps
 
 
 def embed_window(module: LoadedModule, window: list[tuple[int, list[str]]], layers: str,
